@@ -1,0 +1,102 @@
+//! The verified caller: built from a token's claims only after its signature and claims
+//! were checked.
+
+use serde_json::{Map, Value};
+
+/// The identity a verified access token carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// Principal id: `identityId`, else `sub`, else `client_id`.
+    pub principal_id: String,
+    pub sub: Option<String>,
+    pub issuer: String,
+    pub workspace_id: Option<String>,
+    pub account_id: Option<String>,
+    pub user_id: Option<String>,
+    pub context: Option<String>,
+    pub platform: Option<String>,
+    pub role: Option<String>,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    pub token_use: Option<String>,
+    pub premium: bool,
+    pub onboarding_completed: bool,
+    pub department: Option<String>,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+}
+
+impl Identity {
+    /// Build from verified claims. Non-string values of string claims are ignored.
+    pub fn from_claims(claims: &Map<String, Value>) -> Option<Identity> {
+        let s = |k: &str| claims.get(k).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_string);
+        let principal_id = s("identityId").or_else(|| s("sub")).or_else(|| s("client_id"))?;
+        let scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
+            Some(Value::String(text)) => text.split_whitespace().map(str::to_string).collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Some(Identity {
+            principal_id,
+            sub: s("sub"),
+            issuer: s("iss").unwrap_or_default(),
+            workspace_id: s("workspaceId"),
+            account_id: s("accountId"),
+            user_id: s("userId"),
+            context: s("context"),
+            platform: s("platform"),
+            role: s("role"),
+            scopes,
+            client_id: s("client_id"),
+            token_use: s("token_use"),
+            premium: flag(claims.get("premium")),
+            onboarding_completed: flag(claims.get("onboardingCompleted")),
+            department: s("department"),
+            exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+
+    /// Whether this is a machine-to-machine caller.
+    pub fn is_m2m(&self) -> bool {
+        self.platform.as_deref() == Some("m2m")
+    }
+}
+
+/// Boolean claims arrive as JSON booleans or, from IdPs with string-only custom attributes,
+/// as "true"/"false".
+fn flag(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn id(v: Value) -> Option<Identity> {
+        Identity::from_claims(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn principal_id_precedence() {
+        assert_eq!(id(json!({"identityId":"i","sub":"s","client_id":"c"})).unwrap().principal_id, "i");
+        assert_eq!(id(json!({"sub":"s","client_id":"c"})).unwrap().principal_id, "s");
+        assert_eq!(id(json!({"client_id":"c"})).unwrap().principal_id, "c");
+        assert!(id(json!({"workspaceId":"w"})).is_none());
+    }
+
+    #[test]
+    fn claims_are_read_leniently_but_safely() {
+        let i = id(json!({"sub":"s","scope":"a b  a","premium":"true","onboardingCompleted":true,"role":7})).unwrap();
+        assert_eq!(i.scopes, ["a", "b", "a"]);
+        assert!(i.premium && i.onboarding_completed);
+        assert_eq!(i.role, None);
+        let i = id(json!({"sub":"s","scp":["x"],"premium":1})).unwrap();
+        assert_eq!(i.scopes, ["x"]);
+        assert!(!i.premium);
+    }
+}

@@ -1,0 +1,155 @@
+//! Unit tests of the request mapping and of the default policy pack's key rules.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::routes::split_path;
+
+fn bundle() -> PolicyBundle {
+    PolicyBundle::load(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies")))
+        .unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
+fn identity(claims: Value) -> Identity {
+    let mut c = claims.as_object().unwrap().clone();
+    c.entry("token_use").or_insert("access".into());
+    Identity::from_claims(&c).unwrap()
+}
+
+fn decide_http(b: &PolicyBundle, claims: Value, method: &str, path_and_query: &str, user: Option<&str>) -> Decision {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let segments = split_path(path).unwrap();
+    let m = b.routes.find(&method.parse().unwrap(), &segments).expect("route");
+    let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    decide(
+        b,
+        &identity(claims),
+        &RequestFacts {
+            route: &m,
+            query: &query,
+            impersonated_user: user,
+        },
+    )
+}
+
+fn human(role: &str, context: &str) -> Value {
+    json!({"sub":"u1","workspaceId":"ws-a","role":role,"context":context,"platform":"web"})
+}
+
+const WS: &str = "/app/v1/workspaces/ws-a";
+const DASH: &str = "/dashboard/v1/workspaces/ws-a";
+
+#[test]
+fn mapping_builds_principal_resource_and_context() {
+    let b = bundle();
+    let segments = split_path("/app/v1/workspaces/ws-a/catalog/item-1").unwrap();
+    let m = b.routes.find(&http::Method::GET, &segments).unwrap();
+    let id = identity(json!({"sub":"u1","workspaceId":"ws-a","role":"Member","scope":"a b","premium":true}));
+    let query = vec![("tier".to_string(), "premium".to_string()), ("evil".to_string(), "x".to_string())];
+    let facts = RequestFacts {
+        route: &m,
+        query: &query,
+        impersonated_user: None,
+    };
+    let input = mapping::build(&b, &id, &facts).unwrap();
+    assert_eq!(input.principal.to_string(), r#"Identity::"u1""#);
+    assert_eq!(input.resource.to_string(), r#"CatalogItem::"item-1""#);
+    assert_eq!(
+        input.action.to_string(),
+        r#"Action::"get /app/v1/workspaces/{workspaceId}/catalog/{itemId}""#
+    );
+    let ctx = mapping::context_json(&b, &id, &facts);
+    assert_eq!(ctx["pathParameters"]["workspaceId"], "ws-a");
+    assert_eq!(ctx["pathParameters"]["itemId"], "item-1");
+    // catalog/{itemId} declares no query parameters: none reach Cedar.
+    assert_eq!(ctx["queryStringParameters"], json!({}));
+    assert_eq!(ctx["token"]["scope"], json!(["a", "b"]));
+    // The request conforms to the schema (strict mapping check).
+    cedar_policy::Request::new(
+        input.principal.clone(),
+        input.action.clone(),
+        input.resource.clone(),
+        cedar_policy::Context::from_json_value(ctx, Some((&b.schema, &input.action))).unwrap(),
+        Some(&b.schema),
+    )
+    .unwrap();
+}
+
+#[test]
+fn role_hierarchy_and_context() {
+    let b = bundle();
+    let missions = format!("{WS}/missions");
+    assert!(decide_http(&b, human("Viewer", "app"), "GET", &missions, None).allowed);
+    assert!(decide_http(&b, human("Owner", "app"), "GET", &missions, None).allowed);
+    let complete = format!("{WS}/missions/m1/complete");
+    assert!(!decide_http(&b, human("Viewer", "app"), "POST", &complete, None).allowed);
+    assert!(decide_http(&b, human("Member", "app"), "POST", &complete, None).allowed);
+    let dash = format!("{DASH}/missions");
+    assert!(!decide_http(&b, human("Member", "dashboard"), "GET", &dash, None).allowed);
+    assert!(decide_http(&b, human("Manager", "dashboard"), "GET", &dash, None).allowed);
+    assert!(!decide_http(&b, human("Manager", "app"), "GET", &dash, None).allowed);
+    let role = format!("{DASH}/users/u2/role");
+    assert!(!decide_http(&b, human("Admin", "dashboard"), "PUT", &role, None).allowed);
+    let d = decide_http(&b, human("Owner", "dashboard"), "PUT", &role, None);
+    assert!(d.allowed);
+    assert_eq!(d.reasons, ["dashboard-owner-only"]);
+}
+
+#[test]
+fn tenant_isolation_and_missing_claims() {
+    let b = bundle();
+    let other = "/app/v1/workspaces/ws-b/missions";
+    let d = decide_http(&b, human("Owner", "app"), "GET", other, None);
+    assert!(!d.allowed);
+    assert_eq!(d.reasons, ["tenant-isolation"]);
+    let no_ws = json!({"sub":"u1","role":"Owner","context":"app","platform":"web"});
+    assert!(!decide_http(&b, no_ws, "GET", &format!("{WS}/missions"), None).allowed);
+    let no_role = json!({"sub":"u1","workspaceId":"ws-a","context":"app","platform":"web"});
+    assert!(!decide_http(&b, no_role, "GET", &format!("{WS}/missions"), None).allowed);
+    let id_token = json!({"sub":"u1","workspaceId":"ws-a","role":"Owner","context":"app","token_use":"id"});
+    assert!(!decide_http(&b, id_token, "GET", &format!("{WS}/missions"), None).allowed);
+}
+
+#[test]
+fn m2m_scopes_premium_onboarding_reports_delegation() {
+    let b = bundle();
+    let m2m = |scope: &str| json!({"client_id":"c","sub":"c","workspaceId":"ws-a","platform":"m2m","scope":scope});
+    assert!(decide_http(&b, m2m("app/read"), "GET", &format!("{WS}/missions"), None).allowed);
+    assert!(!decide_http(&b, m2m("app/read"), "POST", &format!("{WS}/points"), None).allowed);
+    assert!(decide_http(&b, m2m("app/write"), "POST", &format!("{WS}/points"), None).allowed);
+    assert!(!decide_http(&b, human("Owner", "app"), "POST", &format!("{WS}/points"), None).allowed);
+    assert!(decide_http(&b, m2m("dashboard/write"), "POST", &format!("{DASH}/users"), None).allowed);
+    assert!(!decide_http(&b, m2m("dashboard/write"), "DELETE", DASH, None).allowed);
+    assert!(decide_http(&b, m2m("app/read"), "GET", &format!("{WS}/premium-content"), None).allowed);
+
+    let premium = format!("{WS}/premium-content/p1");
+    assert!(!decide_http(&b, human("Member", "app"), "GET", &premium, None).allowed);
+    let mut paid = human("Member", "app");
+    paid["premium"] = true.into();
+    assert!(decide_http(&b, paid, "GET", &premium, None).allowed);
+    assert!(decide_http(&b, human("Manager", "app"), "GET", &premium, None).allowed);
+    assert!(!decide_http(&b, human("Member", "app"), "GET", &format!("{WS}/catalog?tier=premium"), None).allowed);
+    assert!(decide_http(&b, human("Member", "app"), "GET", &format!("{WS}/catalog?tier=free"), None).allowed);
+
+    let boards = format!("{WS}/leaderboards");
+    assert!(!decide_http(&b, human("Member", "app"), "GET", &boards, None).allowed);
+    let mut onboarded = human("Member", "app");
+    onboarded["onboardingCompleted"] = true.into();
+    assert!(decide_http(&b, onboarded, "GET", &boards, None).allowed);
+
+    let reports = format!("{DASH}/departments/sales/reports");
+    let mut manager = human("Manager", "dashboard");
+    manager["department"] = "sales".into();
+    assert!(decide_http(&b, manager.clone(), "GET", &reports, None).allowed);
+    manager["department"] = "engineering".into();
+    assert!(!decide_http(&b, manager, "GET", &reports, None).allowed);
+    assert!(decide_http(&b, human("Admin", "dashboard"), "GET", &reports, None).allowed);
+
+    let complete = format!("{WS}/missions/m1/complete");
+    assert!(decide_http(&b, m2m("app/write"), "POST", &complete, Some("u9")).allowed);
+    assert!(!decide_http(&b, m2m("app/read"), "GET", &format!("{WS}/missions"), Some("u9")).allowed);
+    assert!(!decide_http(&b, human("Owner", "app"), "GET", &format!("{WS}/missions"), Some("u9")).allowed);
+    assert!(!decide_http(&b, m2m("dashboard/write dashboard/read"), "GET", &format!("{DASH}/users"), Some("u9")).allowed);
+}

@@ -1,0 +1,150 @@
+//! The one error type of the request pipeline, mapped once to the error envelope
+//! `{"code","message","status","requestId","timestamp","path"}`.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Why a request was rejected. Messages never carry token contents, secrets or payloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No bearer token was sent.
+    MissingToken,
+    /// The token failed verification (signature, claims, format).
+    InvalidToken(&'static str),
+    /// The token's `exp` has passed.
+    ExpiredToken,
+    /// An access token was sent in the query string.
+    TokenInQuery,
+    /// No verification key could be obtained for any issuer.
+    IssuerUnavailable,
+    /// The path is ambiguous or smuggles segments.
+    InvalidPath(&'static str),
+    /// No route matches method and path.
+    RouteNotFound,
+    /// Cedar denied the request (or evaluation failed, which denies).
+    Forbidden,
+    /// The upstream could not be reached or failed.
+    UpstreamUnavailable,
+    /// Something inside the gateway failed.
+    Internal,
+}
+
+impl GatewayError {
+    /// HTTP status of this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MissingToken | Self::InvalidToken(_) | Self::ExpiredToken => 401,
+            Self::TokenInQuery | Self::InvalidPath(_) => 400,
+            Self::IssuerUnavailable => 503,
+            Self::RouteNotFound => 404,
+            Self::Forbidden => 403,
+            Self::UpstreamUnavailable => 502,
+            Self::Internal => 500,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            // RFC 6750 §3.1: a missing token is still an invalid-token failure; only the
+            // challenge differs (no error code).
+            Self::MissingToken | Self::InvalidToken(_) => "auth/invalid_token",
+            Self::ExpiredToken => "auth/expired_token",
+            Self::TokenInQuery => "auth/invalid_request",
+            Self::IssuerUnavailable => "auth/issuer_unavailable",
+            Self::InvalidPath(_) => "validation/invalid_path",
+            Self::RouteNotFound => "resource/not_found",
+            Self::Forbidden => "auth/insufficient_permissions",
+            Self::UpstreamUnavailable => "server/upstream_unavailable",
+            Self::Internal => "server/internal",
+        }
+    }
+
+    /// Human-readable message, safe to show to the caller.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "an access token is required (Authorization: Bearer <token>)",
+            Self::InvalidToken(why) => why,
+            Self::ExpiredToken => "the access token has expired",
+            Self::TokenInQuery => "access tokens are not accepted in the query string; use the Authorization header",
+            Self::IssuerUnavailable => "no signing keys are available to verify tokens; try again later",
+            Self::InvalidPath(why) => why,
+            Self::RouteNotFound => "no such route",
+            Self::Forbidden => "the caller is not allowed to perform this action",
+            Self::UpstreamUnavailable => "the backend is unavailable",
+            Self::Internal => "internal error",
+        }
+    }
+
+    /// The RFC 6750 `WWW-Authenticate` challenge, where one applies.
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        match self {
+            Self::MissingToken => Some("Bearer realm=\"cedargate\""),
+            Self::InvalidToken(_) => Some(
+                "Bearer realm=\"cedargate\", error=\"invalid_token\", error_description=\"the access token is invalid\"",
+            ),
+            Self::ExpiredToken => Some(
+                "Bearer realm=\"cedargate\", error=\"invalid_token\", error_description=\"the access token expired\"",
+            ),
+            Self::TokenInQuery => Some("Bearer realm=\"cedargate\", error=\"invalid_request\""),
+            Self::Forbidden => None,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    code: &'a str,
+    message: &'a str,
+    status: u16,
+    #[serde(rename = "requestId")]
+    request_id: &'a str,
+    timestamp: String,
+    path: &'a str,
+}
+
+/// The JSON body of an error answer.
+pub fn envelope(err: &GatewayError, request_id: &str, path: &str) -> Bytes {
+    let body = Envelope {
+        code: err.code(),
+        message: err.message(),
+        status: err.status(),
+        request_id,
+        timestamp: now_rfc3339(),
+        path,
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// The current UTC time as RFC 3339 with millisecond precision.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_every_field() {
+        let body = envelope(&GatewayError::Forbidden, "rid-1", "/app/v1/x");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "auth/insufficient_permissions");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["requestId"], "rid-1");
+        assert_eq!(v["path"], "/app/v1/x");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v["message"].as_str().is_some());
+    }
+
+    #[test]
+    fn challenge_only_names_an_error_when_a_token_was_sent() {
+        assert!(!GatewayError::MissingToken.www_authenticate().unwrap().contains("error="));
+        assert!(GatewayError::ExpiredToken.www_authenticate().unwrap().contains("invalid_token"));
+    }
+}

@@ -1,0 +1,182 @@
+//! Stage 9: what the backend receives. Inbound identity headers are dropped (no spoofing),
+//! the bearer token is not forwarded, and the verified identity travels as a short-lived
+//! HS256 assertion bound to the request's method and path, plus plain convenience headers
+//! the backend must not trust.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use pingora::http::RequestHeader;
+
+use crate::authn::Identity;
+
+/// Header prefixes and names that only the gateway may set.
+const IDENTITY_HEADER_PREFIXES: &[&str] = &["x-cedargate-", "x-identity-", "x-principal-", "x-amzn-oidc-", "x-auth-"];
+const IDENTITY_HEADERS: &[&str] = &[
+    "authorization",
+    "x-user-id",
+    "x-workspace-id",
+    "x-account-id",
+    "x-client-id",
+    "x-role",
+    "x-scope",
+    "x-forwarded-user",
+    "x-remote-user",
+    "x-impersonated-by",
+    "cookie",
+];
+
+/// Signs the per-request identity assertion.
+pub struct AssertionSigner {
+    key: EncodingKey,
+    ttl_seconds: u64,
+}
+
+/// Load the shared assertion secret from the data dir, creating it (0600) on first start.
+pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("assertion.key");
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() >= 32 => return Ok(bytes),
+        Ok(_) => return Err(std::io::Error::other(format!("{} is too short", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut secret = vec![0u8; 32];
+    rand::fill(&mut secret[..]);
+    let tmp = data_dir.join(format!("assertion.key.{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(&secret)?;
+    f.sync_all()?;
+    // hard_link fails if another process created the key first: then use theirs.
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
+        Err(e) => Err(e),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl AssertionSigner {
+    /// A signer with the shared secret.
+    pub fn new(secret: &[u8], ttl_seconds: u64) -> AssertionSigner {
+        AssertionSigner {
+            key: EncodingKey::from_secret(secret),
+            ttl_seconds,
+        }
+    }
+
+    /// Sign the identity for one request.
+    /// `acting_for` is the user an M2M caller impersonates (`X-User-ID`), when allowed.
+    pub fn sign(
+        &self,
+        identity: &Identity,
+        acting_for: Option<&str>,
+        method: &str,
+        path: &str,
+        request_id: &str,
+    ) -> Option<String> {
+        let now = now_secs();
+        let claims = backend::Assertion {
+            iss: backend::ASSERTION_ISSUER.to_string(),
+            aud: backend::ASSERTION_AUDIENCE.to_string(),
+            iat: now,
+            exp: now + self.ttl_seconds,
+            htm: method.to_string(),
+            htu: path.to_string(),
+            rid: request_id.to_string(),
+            sub: identity.principal_id.clone(),
+            workspace_id: identity.workspace_id.clone().unwrap_or_default(),
+            role: identity.role.clone(),
+            platform: identity.platform.clone().unwrap_or_default(),
+            scope: identity.scopes.join(" "),
+            client_id: identity.client_id.clone(),
+            user_id: match acting_for {
+                Some(user) => Some(user.to_string()),
+                None => identity.user_id.clone().or_else(|| identity.sub.clone()),
+            },
+            department: identity.department.clone(),
+            premium: identity.premium,
+            onboarding_completed: identity.onboarding_completed,
+            context: identity.context.clone(),
+            impersonated_by: acting_for.map(|_| identity.principal_id.clone()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).ok()
+    }
+}
+
+/// Drop every inbound header that could claim an identity.
+pub fn strip_identity_headers(req: &mut RequestHeader) {
+    let doomed: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            IDENTITY_HEADERS.contains(&n) || IDENTITY_HEADER_PREFIXES.iter().any(|p| n.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+}
+
+/// Set the assertion and the convenience headers on the upstream request.
+pub fn add_identity_headers(req: &mut RequestHeader, identity: &Identity, assertion: &str) -> pingora::Result<()> {
+    req.insert_header(backend::ASSERTION_HEADER, assertion)?;
+    req.insert_header("x-cedargate-principal-id", sanitize(&identity.principal_id))?;
+    if let Some(ws) = &identity.workspace_id {
+        req.insert_header("x-cedargate-workspace-id", sanitize(ws))?;
+    }
+    if let Some(role) = &identity.role {
+        req.insert_header("x-cedargate-role", sanitize(role))?;
+    }
+    if let Some(platform) = &identity.platform {
+        req.insert_header("x-cedargate-platform", sanitize(platform))?;
+    }
+    if let Some(client) = &identity.client_id {
+        req.insert_header("x-cedargate-client-id", sanitize(client))?;
+    }
+    Ok(())
+}
+
+/// Claim values are attacker-influenced: keep header values to visible ASCII.
+fn sanitize(v: &str) -> String {
+    v.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(256).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_headers_are_stripped() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        for h in ["X-Cedargate-Assertion", "x-cedargate-role", "X-User-Id", "Authorization", "X-Forwarded-User", "Accept"] {
+            req.insert_header(h, "v").unwrap();
+        }
+        strip_identity_headers(&mut req);
+        let left: Vec<_> = req.headers.keys().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn secret_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_secret(dir.path()).unwrap();
+        let b = load_or_create_secret(dir.path()).unwrap();
+        assert_eq!(a, b);
+        let mode = std::fs::metadata(dir.path().join("assertion.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,187 @@
+//! `cedargate`: a policy-driven authorization and identity gateway.
+
+mod admin;
+mod audit;
+mod auth_domain;
+mod authn;
+mod authz;
+mod config;
+mod error;
+mod forward;
+mod metrics;
+mod proxy;
+mod request_id;
+mod respond;
+mod routes;
+mod serve;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+const DEFAULT_CONFIG: &str = "config/cedargate.toml";
+
+#[derive(Parser)]
+#[command(name = "cedargate", version, about = "Policy-driven authorization and identity gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Data directory (keys, embedded stores).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: api, auth and admin listeners (and the embedded backend).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address of the api listener (overrides listeners.api).
+        #[arg(long)]
+        api_addr: Option<SocketAddr>,
+        /// Address of the auth listener (overrides listeners.auth).
+        #[arg(long)]
+        auth_addr: Option<SocketAddr>,
+        /// Address of the admin listener (overrides listeners.admin).
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
+        /// Policy directory (overrides policies.dir).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Hash a client secret for the config (reads the secret from stdin).
+    HashSecret,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and the policies it names, without serving.
+    Check {
+        /// Configuration file.
+        #[arg(default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an access token signed by the embedded issuer's current key.
+    Mint {
+        #[command(flatten)]
+        common: Common,
+        /// Claims as a JSON object; iss, iat, exp, jti and token_use are filled unless given.
+        #[arg(long)]
+        claims: String,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CEDARGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            common,
+            api_addr,
+            auth_addr,
+            admin_addr,
+            policies,
+        } => {
+            let config = Config::load(&common.config)?;
+            init_logging(&config.log_level);
+            serve::run(
+                config,
+                common.data_dir,
+                serve::Overrides {
+                    api_addr,
+                    auth_addr,
+                    admin_addr,
+                    policies_dir: policies,
+                },
+            )
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let config = Config::load(&file)?;
+            let bundle = serve::load_policies(&config.policies_dir)?;
+            println!(
+                "{}: ok ({} policies, {} routes, policy version {})",
+                file.display(),
+                bundle.policies.policies().count(),
+                bundle.routes.routes.len(),
+                bundle.version
+            );
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Mint { common, claims, ttl },
+        } => {
+            let config = Config::load(&common.config)?;
+            let claims: serde_json::Value =
+                serde_json::from_str(&claims).map_err(|e| anyhow::anyhow!("--claims is not valid JSON: {e}"))?;
+            let serde_json::Value::Object(claims) = claims else {
+                anyhow::bail!("--claims must be a JSON object");
+            };
+            serve::prepare_data_dir(&common.data_dir)?;
+            let issuer = serve::open_issuer(&config, &common.data_dir)?
+                .ok_or_else(|| anyhow::anyhow!("the embedded issuer is disabled in {}", common.config.display()))?;
+            println!("{}", issuer.mint(claims, ttl).map_err(|e| anyhow::anyhow!("{e}"))?);
+            Ok(())
+        }
+        Command::HashSecret => {
+            let mut secret = String::new();
+            std::io::stdin().read_to_string(&mut secret)?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                anyhow::bail!("give the secret on stdin");
+            }
+            println!("{}", token_proxy::hash_secret(secret).map_err(|e| anyhow::anyhow!("{e}"))?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cedargate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

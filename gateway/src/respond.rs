@@ -1,0 +1,62 @@
+//! Stage 10, the answer: error envelopes written by the gateway itself, and the headers
+//! every response carries.
+
+use std::time::Duration;
+
+use pingora::Result;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::error::{GatewayError, envelope};
+use crate::request_id;
+
+/// Headers every answer carries, whoever produced it.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// Add the request id and security headers; hide the upstream's server banner.
+pub fn decorate(resp: &mut ResponseHeader, request_id: &str) -> Result<()> {
+    resp.insert_header(request_id::HEADER, request_id)?;
+    for (k, v) in SECURITY_HEADERS {
+        resp.insert_header(*k, *v)?;
+    }
+    resp.remove_header("server");
+    Ok(())
+}
+
+/// `Server-Timing` with the pipeline's stage durations, in milliseconds.
+pub fn server_timing(authn: Duration, authz: Duration, upstream: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "authn;dur={:.3}, authz;dur={:.3}, upstream;dur={:.3}",
+        ms(authn),
+        ms(authz),
+        ms(upstream)
+    )
+}
+
+/// A complete JSON response built by the gateway.
+pub fn json_response(status: u16, body_len: usize, request_id: &str) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body_len.to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    decorate(&mut resp, request_id)?;
+    Ok(resp)
+}
+
+/// Answer with the error envelope (and its `WWW-Authenticate` challenge, if any).
+pub async fn error(session: &mut Session, request_id: &str, path: &str, err: &GatewayError) -> Result<()> {
+    let body = envelope(err, request_id, path);
+    let mut resp = json_response(err.status(), body.len(), request_id)?;
+    if let Some(challenge) = err.www_authenticate() {
+        resp.insert_header("www-authenticate", challenge)?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `cedargate serve`: assemble the listeners and run them under one pingora server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+use token_proxy::Issuer;
+
+use crate::admin::Admin;
+use crate::auth_domain::AuthDomain;
+use crate::authn::{KeyRing, KeySource, Verifier};
+use crate::authz::{Authorizer, PolicyBundle};
+use crate::config::{BackendTarget, Config};
+use crate::forward::{self, AssertionSigner};
+use crate::proxy::{Gateway, Upstream};
+
+/// Listener and path overrides from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub api_addr: Option<std::net::SocketAddr>,
+    pub auth_addr: Option<std::net::SocketAddr>,
+    pub admin_addr: Option<std::net::SocketAddr>,
+    pub policies_dir: Option<PathBuf>,
+}
+
+/// Make the data dir (0700) if needed.
+pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Open the embedded issuer, when enabled.
+pub fn open_issuer(config: &Config, data_dir: &Path) -> anyhow::Result<Option<Arc<Issuer>>> {
+    match &config.issuer {
+        Some(cfg) => Ok(Some(Arc::new(
+            Issuer::open(cfg.clone(), data_dir).map_err(|e| anyhow::anyhow!("embedded issuer: {e}"))?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Load a policy directory, or explain every problem.
+pub fn load_policies(dir: &Path) -> anyhow::Result<PolicyBundle> {
+    PolicyBundle::load(dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "the policies in {} are invalid:\n{}",
+            dir.display(),
+            errors.join("\n")
+        )
+    })
+}
+
+/// jsonwebtoken panics on first use when its crypto backend is misconfigured: find out at
+/// start-up, not on the first request.
+fn jwt_self_test() -> anyhow::Result<()> {
+    let key = b"cedargate-self-test-key-material";
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"exp": u64::MAX / 2}),
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )?;
+    jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(key),
+        &jsonwebtoken::Validation::default(),
+    )?;
+    Ok(())
+}
+
+struct JwksRefresher {
+    verifier: Arc<Verifier>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if !self.verifier.keys().has_remote() {
+            return;
+        }
+        loop {
+            self.verifier.keys().refresh().await;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+            }
+        }
+    }
+}
+
+/// Run the gateway until a signal stops it.
+pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
+    if let Some(a) = overrides.api_addr {
+        config.listeners.api = a;
+    }
+    if let Some(a) = overrides.auth_addr {
+        config.listeners.auth = a;
+    }
+    if let Some(a) = overrides.admin_addr {
+        config.listeners.admin = a;
+    }
+    if let Some(p) = overrides.policies_dir {
+        config.policies_dir = p;
+    }
+    jwt_self_test().map_err(|e| anyhow::anyhow!("JWT crypto self-test failed: {e}"))?;
+    prepare_data_dir(&data_dir)?;
+
+    let bundle = load_policies(&config.policies_dir)?;
+    tracing::info!(version = %bundle.version, dir = %config.policies_dir.display(), "policies loaded");
+    let authorizer = Arc::new(Authorizer::new(bundle));
+    let issuer = open_issuer(&config, &data_dir)?;
+
+    let mut sources = Vec::new();
+    if let (Some(issuer), true) = (&issuer, config.authn.trust_embedded_issuer) {
+        sources.push(KeySource::Embedded(issuer.clone()));
+    }
+    for t in &config.authn.trusted_issuers {
+        sources.push(KeySource::Remote {
+            issuer: t.issuer.clone(),
+            jwks_uri: t.jwks_uri.clone(),
+        });
+    }
+    let keys = KeyRing::new(sources, Duration::from_secs(config.authn.jwks_refetch_interval_seconds));
+    let verifier = Arc::new(Verifier::new(config.authn.clone(), keys));
+
+    let secret = forward::load_or_create_secret(&data_dir)
+        .map_err(|e| anyhow::anyhow!("assertion key in {}: {e}", data_dir.display()))?;
+    let upstream = match &config.backend {
+        BackendTarget::Embedded { socket } => {
+            let path = if socket.is_absolute() { socket.clone() } else { data_dir.join(socket) };
+            backend::spawn(backend::BackendConfig {
+                data_dir: data_dir.clone(),
+                listen: backend::Listen::Unix(path.clone()),
+                assertion_key: secret.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("embedded backend: {e}"))?;
+            Upstream::Unix(path.to_string_lossy().into_owned())
+        }
+        BackendTarget::External { address } => Upstream::Tcp(*address),
+    };
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        pid_file: data_dir.join("cedargate.pid").to_string_lossy().into_owned(),
+        upgrade_sock: data_dir.join("cedargate-upgrade.sock").to_string_lossy().into_owned(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let gateway = Gateway {
+        verifier: verifier.clone(),
+        authorizer: authorizer.clone(),
+        signer: AssertionSigner::new(&secret, config.assertion_ttl_seconds),
+        upstream: upstream.clone(),
+    };
+    let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
+    api.add_tcp(&config.listeners.api.to_string());
+
+    let mut auth = pingora::proxy::http_proxy_service_with_name(&conf, AuthDomain { issuer }, "auth");
+    auth.add_tcp(&config.listeners.auth.to_string());
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            authorizer,
+            verifier: verifier.clone(),
+            upstream,
+        },
+    );
+    admin.add_tcp(&config.listeners.admin.to_string());
+
+    server.add_service(api);
+    server.add_service(auth);
+    server.add_service(admin);
+    server.add_service(background_service("jwks refresh", JwksRefresher { verifier }));
+    tracing::info!(
+        api = %config.listeners.api,
+        auth = %config.listeners.auth,
+        admin = %config.listeners.admin,
+        "cedargate listening"
+    );
+    server.run_forever()
+}

@@ -1,0 +1,360 @@
+//! One `cedargate serve` process on three free loopback ports, with its own data dir.
+//!
+//! Lifecycle: the binary runs under a tiny `sh` supervisor whose stdin is a pipe held by this
+//! process. Dropping the [`Gateway`] closes the pipe, and so does the test process dying (a
+//! panic, an abort, or the end of a test binary whose shared gateway lives in a `static` that is
+//! never dropped); on end-of-file the supervisor kills the gateway. No gateway outlives its tests.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long `serve` may take to answer `/readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `"$@"` in the background, kills it when stdin reaches end-of-file, exits with its status.
+/// `exec 3<&0` keeps the pipe reachable from the watcher, whose stdin sh replaces by /dev/null.
+const SUPERVISOR: &str = r#"
+exec 3<&0
+"$@" </dev/null 3<&- &
+gw=$!
+( read -r _ <&3; kill -9 "$gw" 2>/dev/null ) &
+watcher=$!
+exec 3<&-
+wait "$gw"
+rc=$?
+kill "$watcher" 2>/dev/null
+exit "$rc"
+"#;
+
+/// The workspace root (the directory holding the workspace `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// The embedded default configuration, `config/cedargate.toml`.
+pub fn default_config() -> PathBuf {
+    workspace_root().join("config").join("cedargate.toml")
+}
+
+/// The `cedargate` binary under test: `CEDARGATE_BIN`, else `<target dir>/debug/cedargate`.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CEDARGATE_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "CEDARGATE_BIN={} is not a file", bin.display());
+        return bin;
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    };
+    let bin = target.join("debug").join("cedargate");
+    assert!(
+        bin.is_file(),
+        "the cedargate binary is missing at {}: run `cargo build -p gateway` first \
+         (or set CEDARGATE_BIN to a built binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the binary with `args` and waits at most `deadline` for it to exit.
+///
+/// `Err` carries what it printed so far when it is still running at the deadline (it is killed).
+pub fn run_cli(args: &[&str], deadline: Duration) -> Result<Output, String> {
+    let out_dir = tempfile::tempdir().expect("tempdir for CLI output");
+    let stdout_path = out_dir.path().join("stdout.log");
+    let stderr_path = out_dir.path().join("stderr.log");
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).expect("stdout file"))
+        .stderr(File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn cedargate");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read(&stderr_path).unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output { status, stdout, stderr }),
+        None => Err(format!(
+            "`cedargate {}` still running after {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        )),
+    }
+}
+
+/// A running `cedargate serve`.
+pub struct Gateway {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    data_dir: TempDir,
+    config: PathBuf,
+    /// The api listener (the policy-enforcing proxy).
+    pub api: SocketAddr,
+    /// The auth listener (token endpoint, discovery, JWKS).
+    pub auth: SocketAddr,
+    /// The admin listener (health, readiness, metrics).
+    pub admin: SocketAddr,
+    minted: Mutex<HashMap<String, String>>,
+}
+
+impl Gateway {
+    /// Starts `serve` with the default config; panics (printing the logs) when it is not ready.
+    pub fn start() -> Gateway {
+        Gateway::start_with(&default_config(), &[])
+    }
+
+    /// Starts `serve` with `config` and `extra_args` appended to the command line.
+    pub fn start_with(config: &Path, extra_args: &[&str]) -> Gateway {
+        Gateway::try_start_with(config, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Gateway::start_with`], with the failure (and the logs) as `Err`.
+    pub fn try_start_with(config: &Path, extra_args: &[&str]) -> Result<Gateway, String> {
+        let bin = binary();
+        let data_dir = tempfile::Builder::new()
+            .prefix("cedargate-e2e-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let [api, auth, admin] = free_ports();
+        let stdout = File::create(data_dir.path().join("serve.stdout.log"))
+            .map_err(|e| format!("log file: {e}"))?;
+        let stderr = File::create(data_dir.path().join("serve.stderr.log"))
+            .map_err(|e| format!("log file: {e}"))?;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg("cedargate-e2e-supervisor")
+            .arg(&bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--api-addr")
+            .arg(api.to_string())
+            .arg("--auth-addr")
+            .arg(auth.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .args(extra_args)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let stdin = child.stdin.take();
+        let mut gw = Gateway {
+            child,
+            stdin,
+            data_dir,
+            config: config.to_path_buf(),
+            api,
+            auth,
+            admin,
+            minted: Mutex::new(HashMap::new()),
+        };
+        gw.wait_ready()?;
+        Ok(gw)
+    }
+
+    /// The shared gateway of a test file: started once, its failure remembered for every test.
+    pub fn shared(cell: &'static OnceLock<Result<Gateway, String>>) -> &'static Gateway {
+        match cell.get_or_init(|| Gateway::try_start_with(&default_config(), &[])) {
+            Ok(gw) => gw,
+            Err(e) => panic!("the shared gateway did not start: {e}"),
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| format!("try_wait: {e}"))? {
+                return Err(self.failure(&format!("`cedargate serve` exited with {status} before it was ready")));
+            }
+            let last = match http_get_status(self.admin, "/readyz") {
+                Ok(200) => return Ok(()),
+                Ok(status) => format!("/readyz answered {status}"),
+                Err(e) => e,
+            };
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(self.failure(&format!(
+                    "`cedargate serve` not ready after {READY_TIMEOUT:?} ({last})"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn failure(&self, what: &str) -> String {
+        format!("{what}\ncommand: {} serve --config {} --data-dir {} --api-addr {} --auth-addr {} --admin-addr {}\n{}",
+            binary().display(), self.config.display(), self.data_dir.path().display(),
+            self.api, self.auth, self.admin, self.logs())
+    }
+
+    /// Everything `serve` printed so far.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| {
+            std::fs::read(self.data_dir.path().join(name))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|e| format!("<{e}>"))
+        };
+        format!(
+            "--- serve stdout\n{}\n--- serve stderr\n{}",
+            read("serve.stdout.log"),
+            read("serve.stderr.log")
+        )
+    }
+
+    /// The exit status, when `serve` has stopped.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The data dir given to `serve` (and to `token mint`).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The config file given to `serve` (and to `token mint`).
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// `http://<api listener><path>`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    /// `http://<auth listener><path>`.
+    pub fn auth_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.auth)
+    }
+
+    /// `http://<admin listener><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// An access token from `cedargate token mint` for `claims` (cached per claims and ttl).
+    ///
+    /// `mint` fills `iss/iat/exp/jti/token_use` unless `claims` has them, so passing them makes
+    /// expired, wrongly issued or id tokens.
+    pub fn mint(&self, claims: &Value, ttl: Option<u64>) -> String {
+        let claims_json = claims.to_string();
+        let key = format!("{claims_json}|{ttl:?}");
+        if let Some(token) = self.minted.lock().expect("mint cache").get(&key) {
+            return token.clone();
+        }
+        let mut cmd = Command::new(binary());
+        cmd.arg("token")
+            .arg("mint")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .arg("--claims")
+            .arg(&claims_json);
+        if let Some(ttl) = ttl {
+            cmd.arg("--ttl").arg(ttl.to_string());
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("run `cedargate token mint`");
+        assert!(
+            out.status.success(),
+            "`cedargate token mint --claims {claims_json}` failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "`token mint` printed something that is not a JWS compact token: {token:?}"
+        );
+        self.minted.lock().expect("mint cache").insert(key, token.clone());
+        token
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // End-of-file on the supervisor's stdin kills the gateway; the supervisor then exits.
+        drop(self.stdin.take());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("CEDARGATE_E2E_KEEP").is_some() {
+            self.data_dir.disable_cleanup(true);
+            eprintln!("kept gateway data dir {}", self.data_dir.path().display());
+        }
+    }
+}
+
+/// Three distinct free loopback ports (bound together, then released).
+pub fn free_ports() -> [SocketAddr; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local_addr"))
+        .collect();
+    [addrs[0], addrs[1], addrs[2]]
+}
+
+/// The status of a plain `GET path` (blocking, used before any runtime exists).
+fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < 12 {
+        match stream.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..len]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))
+}

@@ -1,0 +1,177 @@
+//! The auth listener: discovery, JWKS, and the `client_credentials` token endpoint of the
+//! embedded issuer, and what its tokens may do on the api listener.
+
+use std::sync::OnceLock;
+
+use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, post_form};
+use e2e_tests::{Answer, Gateway, bearer, client, client_credentials, human, jwt, send};
+use serde_json::{Value, json};
+
+static GW: OnceLock<Result<Gateway, String>> = OnceLock::new();
+
+fn gw() -> &'static Gateway {
+    Gateway::shared(&GW)
+}
+
+fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+}
+
+async fn token_endpoint(authorization: Option<&str>, form: &str) -> Answer {
+    post_form(&client(), &gw().auth_url("/oauth2/token"), authorization, form).await
+}
+
+/// The RFC 6749 §5.2 `error` of an answer.
+fn oauth_error(answer: &Answer) -> Option<String> {
+    answer.json()?.get("error")?.as_str().map(str::to_owned)
+}
+
+async fn discovery() -> Value {
+    let answer = send(&client(), "GET", &gw().auth_url("/.well-known/openid-configuration"), &[], None).await;
+    answer.assert_status(200);
+    answer.json().unwrap_or_else(|| panic!("discovery is JSON: {answer}"))
+}
+
+#[tokio::test]
+async fn jwks_publishes_public_rsa_keys_with_kids() {
+    let answer = send(&client(), "GET", &gw().auth_url("/.well-known/jwks.json"), &[], None).await;
+    answer.assert_status(200);
+    let jwks = answer.json().unwrap_or_else(|| panic!("JWKS is JSON: {answer}"));
+    let keys = jwks["keys"].as_array().unwrap_or_else(|| panic!("JWKS has keys: {answer}"));
+    assert!(!keys.is_empty(), "at least one key: {answer}");
+    for key in keys {
+        assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()), "every key has a kid: {key}");
+        assert_eq!(key["kty"], json!("RSA"), "RS256 keys: {key}");
+        assert!(key["n"].is_string() && key["e"].is_string(), "n and e: {key}");
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(key.get(private).is_none(), "private member {private} published: {key}");
+        }
+    }
+    let minted = gw().mint(&human("Member", "app"), None);
+    let kid = jwt::header(&minted)["kid"].clone();
+    assert!(keys.iter().any(|k| k["kid"] == kid), "the minted token's kid {kid} is in the JWKS: {answer}");
+}
+
+#[tokio::test]
+async fn discovery_names_the_issuer_and_endpoints() {
+    let doc = discovery().await;
+    let issuer = doc["issuer"].as_str().unwrap_or_else(|| panic!("issuer: {doc}"));
+    let token_endpoint = doc["token_endpoint"].as_str().unwrap_or_else(|| panic!("token_endpoint: {doc}"));
+    assert!(token_endpoint.ends_with("/oauth2/token"), "{doc}");
+    assert!(doc["jwks_uri"].as_str().is_some_and(|u| u.ends_with("/.well-known/jwks.json")), "jwks_uri: {doc}");
+    let minted = gw().mint(&human("Member", "app"), None);
+    assert_eq!(jwt::payload(&minted)["iss"], json!(issuer), "minted tokens carry the discovery issuer");
+}
+
+#[tokio::test]
+async fn client_credentials_with_basic_auth() {
+    let answer = client_credentials(gw(), &client(), Some("app/read app/write")).await;
+    answer.assert_status(200);
+    let body = answer.json().unwrap_or_else(|| panic!("JSON: {answer}"));
+    let token = body["access_token"].as_str().unwrap_or_else(|| panic!("access_token: {answer}"));
+    assert!(body["token_type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("bearer")), "{answer}");
+    assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0), "expires_in: {answer}");
+    assert!(
+        answer.header("cache-control").is_some_and(|v| v.contains("no-store")),
+        "Cache-Control: no-store: {answer}"
+    );
+    let claims = jwt::payload(token);
+    assert_eq!(claims["token_use"], json!("access"), "{claims}");
+    assert_eq!(claims["client_id"], json!(DEMO_CLIENT_ID), "{claims}");
+    assert_eq!(claims["workspaceId"], json!("ws-demo"), "{claims}");
+    assert_eq!(claims["platform"], json!("m2m"), "{claims}");
+    let scopes: Vec<&str> = claims["scope"].as_str().unwrap_or_default().split(' ').collect();
+    assert!(scopes.contains(&"app/read") && scopes.contains(&"app/write"), "{claims}");
+    assert!(!scopes.contains(&"dashboard/read"), "only the requested scopes: {claims}");
+    assert_eq!(claims["iss"], discovery().await["issuer"], "{claims}");
+    for claim in ["sub", "iat", "exp", "jti"] {
+        assert!(claims.get(claim).is_some(), "{claim} missing: {claims}");
+    }
+}
+
+#[tokio::test]
+async fn client_credentials_with_client_secret_post() {
+    let form = format!(
+        "grant_type=client_credentials&scope=app%2Fread&client_id={DEMO_CLIENT_ID}&client_secret={DEMO_CLIENT_SECRET}"
+    );
+    let answer = token_endpoint(None, &form).await;
+    answer.assert_status(200);
+    let body = answer.json().unwrap_or_else(|| panic!("JSON: {answer}"));
+    assert!(body["access_token"].as_str().is_some_and(|t| t.split('.').count() == 3), "{answer}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_invalid_client() {
+    let form = "grant_type=client_credentials&scope=app%2Fread";
+    for auth in [basic(DEMO_CLIENT_ID, "wrong-secret"), basic("no-such-client", DEMO_CLIENT_SECRET)] {
+        let answer = token_endpoint(Some(&auth), form).await;
+        answer.assert_status(401);
+        assert_eq!(oauth_error(&answer).as_deref(), Some("invalid_client"), "{answer}");
+        assert!(
+            answer.header("www-authenticate").is_some_and(|v| v.to_ascii_lowercase().starts_with("basic")),
+            "WWW-Authenticate: Basic when Basic was used: {answer}"
+        );
+        assert!(!answer.text().contains("access_token"), "{answer}");
+    }
+    // Credentials in the body: 400 or 401, always invalid_client.
+    let posted = format!("{form}&client_id={DEMO_CLIENT_ID}&client_secret=wrong-secret");
+    let answer = token_endpoint(None, &posted).await;
+    assert!(matches!(answer.status, 400 | 401), "{answer}");
+    assert_eq!(oauth_error(&answer).as_deref(), Some("invalid_client"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_unknown_grant_is_unsupported_grant_type() {
+    let auth = basic(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
+    let answer = token_endpoint(Some(&auth), "grant_type=password&username=a&password=b").await;
+    answer.assert_status(400);
+    assert_eq!(oauth_error(&answer).as_deref(), Some("unsupported_grant_type"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_scope_the_client_lacks_is_invalid_scope() {
+    for scope in ["admin/everything", "dashboard/write", "app/read dashboard/write"] {
+        let answer = client_credentials(gw(), &client(), Some(scope)).await;
+        answer.assert_status(400);
+        assert_eq!(oauth_error(&answer).as_deref(), Some("invalid_scope"), "scope {scope:?}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn an_issued_m2m_token_is_judged_by_its_scopes() {
+    let gw = gw();
+    let c = client();
+    let issued = client_credentials(gw, &c, Some("app/read app/write dashboard/read")).await;
+    issued.assert_status(200);
+    let token = issued.json().expect("JSON")["access_token"].as_str().expect("access_token").to_owned();
+
+    let read = send(&c, "GET", &gw.api_url("/app/v1/workspaces/ws-demo/missions"), &[bearer(&token)], None).await;
+    read.assert_status(200);
+    let dash = send(&c, "GET", &gw.api_url("/dashboard/v1/workspaces/ws-demo/missions"), &[bearer(&token)], None).await;
+    dash.assert_status(200);
+    let mission = json!({"name": "t", "description": "d", "points": 10});
+    let write = send(
+        &c,
+        "POST",
+        &gw.api_url("/dashboard/v1/workspaces/ws-demo/missions"),
+        &[bearer(&token)],
+        Some(&mission),
+    )
+    .await;
+    write.assert_error(403, "auth/insufficient_permissions");
+
+    let narrow = client_credentials(gw, &c, Some("app/read")).await;
+    narrow.assert_status(200);
+    let narrow = narrow.json().expect("JSON")["access_token"].as_str().expect("access_token").to_owned();
+    let points = json!({"userId": "u-member", "points": 5, "reason": "r"});
+    let denied = send(
+        &c,
+        "POST",
+        &gw.api_url("/app/v1/workspaces/ws-demo/points"),
+        &[bearer(&narrow)],
+        Some(&points),
+    )
+    .await;
+    denied.assert_error(403, "auth/insufficient_permissions");
+}
