@@ -1,1 +1,121 @@
+//! The embedded gamification and catalog backend of cedargate: a hyper HTTP/1.1 service behind
+//! the gateway that trusts identity only from the gateway's signed assertion header.
+//!
+//! `spawn` is what the gateway calls; `serve` and `App` are the same service for tests and for
+//! callers that bring their own runtime and listener.
 
+pub mod assertion;
+mod clock;
+pub mod error;
+mod handlers;
+mod routes;
+mod seed;
+mod server;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use assertion::{
+    ASSERTION_AUDIENCE, ASSERTION_HEADER, ASSERTION_ISSUER, Assertion, AssertionVerifier,
+};
+pub use error::{ApiError, BackendError};
+pub use server::{App, Listener, MAX_BODY_BYTES, serve};
+pub use store::{Document, EmbeddedStore, Store, StoreError};
+
+/// The shortest assertion secret accepted (HS256 keys shorter than the hash are weak).
+pub const MIN_ASSERTION_KEY_BYTES: usize = 32;
+
+/// What the embedded backend needs to start.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// The data dir; the store lives in `data_dir/backend/`.
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    pub listen: Listen,
+    /// The HS256 secret shared with the gateway (at least 32 bytes).
+    pub assertion_key: Vec<u8>,
+}
+
+/// A listening address: a unix socket path (created with mode 0600) or a TCP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A unix domain socket at this path.
+    Unix(PathBuf),
+    /// A TCP address (port 0 picks a free port; `BackendHandle::listen` tells which).
+    Tcp(std::net::SocketAddr),
+}
+
+/// The running embedded backend; it serves for the rest of the process's life.
+#[derive(Debug)]
+pub struct BackendHandle {
+    listen: Listen,
+    serving: Arc<AtomicBool>,
+}
+
+impl BackendHandle {
+    /// Where the backend listens (for TCP, the address actually bound).
+    pub fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
+    /// Whether the serving thread is up and accepting connections.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+}
+
+/// Open (and on first start seed) the store, bind the listener, and serve on a thread of its own
+/// with a two-worker tokio runtime. Errors are returned before anything is served.
+pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
+    if cfg.assertion_key.len() < MIN_ASSERTION_KEY_BYTES {
+        return Err(BackendError::WeakKey(MIN_ASSERTION_KEY_BYTES));
+    }
+    let store = EmbeddedStore::open(&cfg.data_dir.join("backend"), seed::demo)?;
+    let app = Arc::new(App::new(Arc::new(store), &cfg.assertion_key));
+    let (listener, listen) = server::bind(&cfg.listen)?;
+
+    let serving = Arc::new(AtomicBool::new(false));
+    let flag = serving.clone();
+    std::thread::Builder::new()
+        .name("cedargate-backend".into())
+        .spawn(move || {
+            // Cleared however the thread ends, so `is_serving` never lies.
+            let _guard = ServingGuard(flag.clone());
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("cedargate-backend-worker")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "backend runtime failed to start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match listener.into_tokio() {
+                    Ok(listener) => {
+                        flag.store(true, Ordering::Release);
+                        serve(listener, app).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "backend listener failed"),
+                }
+            });
+        })
+        .map_err(BackendError::Thread)?;
+    Ok(BackendHandle { listen, serving })
+}
+
+struct ServingGuard(Arc<AtomicBool>);
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

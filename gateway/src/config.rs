@@ -428,12 +428,14 @@ impl Validator<'_> {
                 description: c.description,
             });
         }
-        Ok(Some(IssuerConfig {
+        let cfg = IssuerConfig {
             issuer,
             public_base_url,
             token_ttl_seconds,
             clients,
-        }))
+        };
+        cfg.check().map_err(|e| self.invalid("issuer.clients", e.to_string()))?;
+        Ok(Some(cfg))
     }
 }
 

@@ -52,7 +52,11 @@ pub fn default_config() -> PathBuf {
 pub fn binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("CEDARGATE_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "CEDARGATE_BIN={} is not a file", bin.display());
+        assert!(
+            bin.is_file(),
+            "CEDARGATE_BIN={} is not a file",
+            bin.display()
+        );
         return bin;
     }
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
@@ -99,7 +103,11 @@ pub fn run_cli(args: &[&str], deadline: Duration) -> Result<Output, String> {
     let stdout = std::fs::read(&stdout_path).unwrap_or_default();
     let stderr = std::fs::read(&stderr_path).unwrap_or_default();
     match status {
-        Some(status) => Ok(Output { status, stdout, stderr }),
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
         None => Err(format!(
             "`cedargate {}` still running after {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
             args.join(" "),
@@ -195,8 +203,14 @@ impl Gateway {
     fn wait_ready(&mut self) -> Result<(), String> {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| format!("try_wait: {e}"))? {
-                return Err(self.failure(&format!("`cedargate serve` exited with {status} before it was ready")));
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|e| format!("try_wait: {e}"))?
+            {
+                return Err(self.failure(&format!(
+                    "`cedargate serve` exited with {status} before it was ready"
+                )));
             }
             let last = match http_get_status(self.admin, "/readyz") {
                 Ok(200) => return Ok(()),
@@ -213,9 +227,16 @@ impl Gateway {
     }
 
     fn failure(&self, what: &str) -> String {
-        format!("{what}\ncommand: {} serve --config {} --data-dir {} --api-addr {} --auth-addr {} --admin-addr {}\n{}",
-            binary().display(), self.config.display(), self.data_dir.path().display(),
-            self.api, self.auth, self.admin, self.logs())
+        format!(
+            "{what}\ncommand: {} serve --config {} --data-dir {} --api-addr {} --auth-addr {} --admin-addr {}\n{}",
+            binary().display(),
+            self.config.display(),
+            self.data_dir.path().display(),
+            self.api,
+            self.auth,
+            self.admin,
+            self.logs()
+        )
     }
 
     /// Everything `serve` printed so far.
@@ -284,7 +305,10 @@ impl Gateway {
         if let Some(ttl) = ttl {
             cmd.arg("--ttl").arg(ttl.to_string());
         }
-        let out = cmd.stdin(Stdio::null()).output().expect("run `cedargate token mint`");
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("run `cedargate token mint`");
         assert!(
             out.status.success(),
             "`cedargate token mint --claims {claims_json}` failed with {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -298,7 +322,10 @@ impl Gateway {
             3,
             "`token mint` printed something that is not a JWS compact token: {token:?}"
         );
-        self.minted.lock().expect("mint cache").insert(key, token.clone());
+        self.minted
+            .lock()
+            .expect("mint cache")
+            .insert(key, token.clone());
         token
     }
 }
@@ -339,10 +366,17 @@ pub fn free_ports() -> [SocketAddr; 3] {
 fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut head = [0u8; 64];
     let mut len = 0;
     while len < 12 {

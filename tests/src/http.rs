@@ -17,7 +17,14 @@ pub const DEMO_CLIENT_ID: &str = "demo-partner";
 pub const DEMO_CLIENT_SECRET: &str = "demo-partner-secret";
 
 /// The keys of the error envelope, exactly.
-pub const ENVELOPE_KEYS: [&str; 6] = ["code", "message", "status", "requestId", "timestamp", "path"];
+pub const ENVELOPE_KEYS: [&str; 6] = [
+    "code",
+    "message",
+    "status",
+    "requestId",
+    "timestamp",
+    "path",
+];
 
 /// A response, fully read.
 #[derive(Clone)]
@@ -34,7 +41,10 @@ impl Answer {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text.
@@ -54,7 +64,8 @@ impl Answer {
 
     /// Whether the answer came from the backend (Server-Timing has an `upstream` entry).
     pub fn forwarded(&self) -> bool {
-        self.header("server-timing").is_some_and(|v| v.contains("upstream;dur="))
+        self.header("server-timing")
+            .is_some_and(|v| v.contains("upstream;dur="))
     }
 
     /// Problems with this answer as an error envelope of `status` (empty when it is one).
@@ -75,16 +86,29 @@ impl Answer {
             problems.push(format!("envelope keys are {keys:?}, want exactly {want:?}"));
         }
         if body.get("status").and_then(Value::as_u64) != Some(u64::from(self.status)) {
-            problems.push(format!("envelope status {:?} != HTTP status {}", body.get("status"), self.status));
+            problems.push(format!(
+                "envelope status {:?} != HTTP status {}",
+                body.get("status"),
+                self.status
+            ));
         }
         for key in ["code", "message", "timestamp", "path", "requestId"] {
-            if !body.get(key).and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+            if body
+                .get(key)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 problems.push(format!("envelope `{key}` is not a non-empty string"));
             }
         }
-        match (body.get("requestId").and_then(Value::as_str), self.header("x-request-id")) {
+        match (
+            body.get("requestId").and_then(Value::as_str),
+            self.header("x-request-id"),
+        ) {
             (Some(id), Some(header)) if id == header => {}
-            (id, header) => problems.push(format!("envelope requestId {id:?} != X-Request-Id header {header:?}")),
+            (id, header) => problems.push(format!(
+                "envelope requestId {id:?} != X-Request-Id header {header:?}"
+            )),
         }
         problems
     }
@@ -95,7 +119,10 @@ impl Answer {
         assert_eq!(self.status, status, "status of {self}");
         assert_eq!(self.code().as_deref(), Some(code), "code of {self}");
         let problems = self.envelope_problems();
-        assert!(problems.is_empty(), "bad error envelope {problems:?} in {self}");
+        assert!(
+            problems.is_empty(),
+            "bad error envelope {problems:?} in {self}"
+        );
     }
 
     /// Panics unless the status is `status`.
@@ -116,7 +143,11 @@ impl fmt::Display for Answer {
             body.truncate(cut);
             body.push('…');
         }
-        write!(f, "`{}` -> {} {:?} body {body}", self.request, self.status, self.headers)
+        write!(
+            f,
+            "`{}` -> {} {:?} body {body}",
+            self.request, self.status, self.headers
+        )
     }
 }
 
@@ -172,18 +203,32 @@ pub async fn answer_of(request: String, resp: reqwest::Response) -> Answer {
     let headers = resp
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = resp
         .bytes()
         .await
         .unwrap_or_else(|e| panic!("{request}: reading the body: {e}"))
         .to_vec();
-    Answer { request, status, headers, body }
+    Answer {
+        request,
+        status,
+        headers,
+        body,
+    }
 }
 
 /// `POST /oauth2/token` on the auth listener for the demo client (HTTP Basic), `scope` if any.
-pub async fn client_credentials(gw: &Gateway, client: &reqwest::Client, scope: Option<&str>) -> Answer {
+pub async fn client_credentials(
+    gw: &Gateway,
+    client: &reqwest::Client,
+    scope: Option<&str>,
+) -> Answer {
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"));
@@ -192,11 +237,22 @@ pub async fn client_credentials(gw: &Gateway, client: &reqwest::Client, scope: O
         form.push_str("&scope=");
         form.push_str(&form_encode(scope));
     }
-    post_form(client, &gw.auth_url("/oauth2/token"), Some(&format!("Basic {basic}")), &form).await
+    post_form(
+        client,
+        &gw.auth_url("/oauth2/token"),
+        Some(&format!("Basic {basic}")),
+        &form,
+    )
+    .await
 }
 
 /// `POST url` with an `application/x-www-form-urlencoded` body and an optional Authorization.
-pub async fn post_form(client: &reqwest::Client, url: &str, authorization: Option<&str>, form: &str) -> Answer {
+pub async fn post_form(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: Option<&str>,
+    form: &str,
+) -> Answer {
     let mut headers = vec![(
         "content-type".to_owned(),
         "application/x-www-form-urlencoded".to_owned(),
@@ -208,7 +264,10 @@ pub async fn post_form(client: &reqwest::Client, url: &str, authorization: Optio
     for (name, value) in &headers {
         req = req.header(name.as_str(), value.as_str());
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
     answer_of(format!("POST {url} ({form})"), resp).await
 }
 
@@ -217,7 +276,9 @@ pub fn form_encode(value: &str) -> String {
     let mut out = String::new();
     for b in value.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -225,7 +286,12 @@ pub fn form_encode(value: &str) -> String {
 }
 
 /// Sends `METHOD target HTTP/1.1` byte for byte (no normalisation) and reads the answer.
-pub async fn raw_request(addr: SocketAddr, method: &str, target: &str, headers: &[(String, String)]) -> Answer {
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+) -> Answer {
     let request = format!("{method} {target}");
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n");
     for (name, value) in headers {
@@ -261,7 +327,9 @@ pub async fn raw_request(addr: SocketAddr, method: &str, target: &str, headers: 
 
 /// Whether `raw` holds a whole response with a `Content-Length` body.
 fn complete(raw: &[u8]) -> bool {
-    let Some(end) = find(raw, b"\r\n\r\n") else { return false };
+    let Some(end) = find(raw, b"\r\n\r\n") else {
+        return false;
+    };
     let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
     head.lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -275,7 +343,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn parse_answer(request: String, raw: &[u8]) -> Answer {
     let end = find(raw, b"\r\n\r\n").unwrap_or_else(|| {
-        panic!("{request}: not an HTTP answer: {:?}", String::from_utf8_lossy(raw))
+        panic!(
+            "{request}: not an HTTP answer: {:?}",
+            String::from_utf8_lossy(raw)
+        )
     });
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
@@ -302,15 +373,27 @@ fn parse_answer(request: String, raw: &[u8]) -> Answer {
     {
         body.truncate(len);
     }
-    Answer { request, status, headers, body }
+    Answer {
+        request,
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = find(data, b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim().to_owned();
-        let Ok(size) = usize::from_str_radix(&size_text, 16) else { break };
+        let size_text = size_text
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let Ok(size) = usize::from_str_radix(&size_text, 16) else {
+            break;
+        };
         if size == 0 {
             break;
         }

@@ -104,11 +104,15 @@ pub fn confusion_secrets(jwk: &Value) -> Vec<(&'static str, Vec<u8>)> {
     let e = unb64(jwk["e"].as_str().expect("JWK has e"));
     let pkcs1 = der_sequence(&[der_uint(&n), der_uint(&e)].concat());
     // AlgorithmIdentifier { rsaEncryption, NULL }
-    let alg_id = der_sequence(&[
-        vec![0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
-        vec![0x05, 0x00],
-    ]
-    .concat());
+    let alg_id = der_sequence(
+        &[
+            vec![
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+            ],
+            vec![0x05, 0x00],
+        ]
+        .concat(),
+    );
     let bit_string = der_tlv(0x03, &[&[0u8][..], &pkcs1].concat());
     let spki = der_sequence(&[alg_id, bit_string].concat());
     vec![
@@ -136,7 +140,11 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }

@@ -15,11 +15,20 @@ fn gw() -> &'static Gateway {
 
 fn basic(id: &str, secret: &str) -> String {
     use base64::Engine as _;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
 }
 
 async fn token_endpoint(authorization: Option<&str>, form: &str) -> Answer {
-    post_form(&client(), &gw().auth_url("/oauth2/token"), authorization, form).await
+    post_form(
+        &client(),
+        &gw().auth_url("/oauth2/token"),
+        authorization,
+        form,
+    )
+    .await
 }
 
 /// The RFC 6749 §5.2 `error` of an answer.
@@ -28,40 +37,85 @@ fn oauth_error(answer: &Answer) -> Option<String> {
 }
 
 async fn discovery() -> Value {
-    let answer = send(&client(), "GET", &gw().auth_url("/.well-known/openid-configuration"), &[], None).await;
+    let answer = send(
+        &client(),
+        "GET",
+        &gw().auth_url("/.well-known/openid-configuration"),
+        &[],
+        None,
+    )
+    .await;
     answer.assert_status(200);
-    answer.json().unwrap_or_else(|| panic!("discovery is JSON: {answer}"))
+    answer
+        .json()
+        .unwrap_or_else(|| panic!("discovery is JSON: {answer}"))
 }
 
 #[tokio::test]
 async fn jwks_publishes_public_rsa_keys_with_kids() {
-    let answer = send(&client(), "GET", &gw().auth_url("/.well-known/jwks.json"), &[], None).await;
+    let answer = send(
+        &client(),
+        "GET",
+        &gw().auth_url("/.well-known/jwks.json"),
+        &[],
+        None,
+    )
+    .await;
     answer.assert_status(200);
-    let jwks = answer.json().unwrap_or_else(|| panic!("JWKS is JSON: {answer}"));
-    let keys = jwks["keys"].as_array().unwrap_or_else(|| panic!("JWKS has keys: {answer}"));
+    let jwks = answer
+        .json()
+        .unwrap_or_else(|| panic!("JWKS is JSON: {answer}"));
+    let keys = jwks["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("JWKS has keys: {answer}"));
     assert!(!keys.is_empty(), "at least one key: {answer}");
     for key in keys {
-        assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()), "every key has a kid: {key}");
+        assert!(
+            key["kid"].as_str().is_some_and(|k| !k.is_empty()),
+            "every key has a kid: {key}"
+        );
         assert_eq!(key["kty"], json!("RSA"), "RS256 keys: {key}");
-        assert!(key["n"].is_string() && key["e"].is_string(), "n and e: {key}");
+        assert!(
+            key["n"].is_string() && key["e"].is_string(),
+            "n and e: {key}"
+        );
         for private in ["d", "p", "q", "dp", "dq", "qi"] {
-            assert!(key.get(private).is_none(), "private member {private} published: {key}");
+            assert!(
+                key.get(private).is_none(),
+                "private member {private} published: {key}"
+            );
         }
     }
     let minted = gw().mint(&human("Member", "app"), None);
     let kid = jwt::header(&minted)["kid"].clone();
-    assert!(keys.iter().any(|k| k["kid"] == kid), "the minted token's kid {kid} is in the JWKS: {answer}");
+    assert!(
+        keys.iter().any(|k| k["kid"] == kid),
+        "the minted token's kid {kid} is in the JWKS: {answer}"
+    );
 }
 
 #[tokio::test]
 async fn discovery_names_the_issuer_and_endpoints() {
     let doc = discovery().await;
-    let issuer = doc["issuer"].as_str().unwrap_or_else(|| panic!("issuer: {doc}"));
-    let token_endpoint = doc["token_endpoint"].as_str().unwrap_or_else(|| panic!("token_endpoint: {doc}"));
+    let issuer = doc["issuer"]
+        .as_str()
+        .unwrap_or_else(|| panic!("issuer: {doc}"));
+    let token_endpoint = doc["token_endpoint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("token_endpoint: {doc}"));
     assert!(token_endpoint.ends_with("/oauth2/token"), "{doc}");
-    assert!(doc["jwks_uri"].as_str().is_some_and(|u| u.ends_with("/.well-known/jwks.json")), "jwks_uri: {doc}");
+    assert!(
+        doc["jwks_uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/.well-known/jwks.json")),
+        "jwks_uri: {doc}"
+    );
     let minted = gw().mint(&human("Member", "app"), None);
-    assert_eq!(jwt::payload(&minted)["iss"], json!(issuer), "minted tokens carry the discovery issuer");
+    assert_eq!(
+        jwt::payload(&minted)["iss"],
+        json!(issuer),
+        "minted tokens carry the discovery issuer"
+    );
 }
 
 #[tokio::test]
@@ -69,11 +123,23 @@ async fn client_credentials_with_basic_auth() {
     let answer = client_credentials(gw(), &client(), Some("app/read app/write")).await;
     answer.assert_status(200);
     let body = answer.json().unwrap_or_else(|| panic!("JSON: {answer}"));
-    let token = body["access_token"].as_str().unwrap_or_else(|| panic!("access_token: {answer}"));
-    assert!(body["token_type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("bearer")), "{answer}");
-    assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0), "expires_in: {answer}");
+    let token = body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("access_token: {answer}"));
     assert!(
-        answer.header("cache-control").is_some_and(|v| v.contains("no-store")),
+        body["token_type"]
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case("bearer")),
+        "{answer}"
+    );
+    assert!(
+        body["expires_in"].as_u64().is_some_and(|s| s > 0),
+        "expires_in: {answer}"
+    );
+    assert!(
+        answer
+            .header("cache-control")
+            .is_some_and(|v| v.contains("no-store")),
         "Cache-Control: no-store: {answer}"
     );
     let claims = jwt::payload(token);
@@ -81,9 +147,19 @@ async fn client_credentials_with_basic_auth() {
     assert_eq!(claims["client_id"], json!(DEMO_CLIENT_ID), "{claims}");
     assert_eq!(claims["workspaceId"], json!("ws-demo"), "{claims}");
     assert_eq!(claims["platform"], json!("m2m"), "{claims}");
-    let scopes: Vec<&str> = claims["scope"].as_str().unwrap_or_default().split(' ').collect();
-    assert!(scopes.contains(&"app/read") && scopes.contains(&"app/write"), "{claims}");
-    assert!(!scopes.contains(&"dashboard/read"), "only the requested scopes: {claims}");
+    let scopes: Vec<&str> = claims["scope"]
+        .as_str()
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    assert!(
+        scopes.contains(&"app/read") && scopes.contains(&"app/write"),
+        "{claims}"
+    );
+    assert!(
+        !scopes.contains(&"dashboard/read"),
+        "only the requested scopes: {claims}"
+    );
     assert_eq!(claims["iss"], discovery().await["issuer"], "{claims}");
     for claim in ["sub", "iat", "exp", "jti"] {
         assert!(claims.get(claim).is_some(), "{claim} missing: {claims}");
@@ -98,18 +174,32 @@ async fn client_credentials_with_client_secret_post() {
     let answer = token_endpoint(None, &form).await;
     answer.assert_status(200);
     let body = answer.json().unwrap_or_else(|| panic!("JSON: {answer}"));
-    assert!(body["access_token"].as_str().is_some_and(|t| t.split('.').count() == 3), "{answer}");
+    assert!(
+        body["access_token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_secret_is_invalid_client() {
     let form = "grant_type=client_credentials&scope=app%2Fread";
-    for auth in [basic(DEMO_CLIENT_ID, "wrong-secret"), basic("no-such-client", DEMO_CLIENT_SECRET)] {
+    for auth in [
+        basic(DEMO_CLIENT_ID, "wrong-secret"),
+        basic("no-such-client", DEMO_CLIENT_SECRET),
+    ] {
         let answer = token_endpoint(Some(&auth), form).await;
         answer.assert_status(401);
-        assert_eq!(oauth_error(&answer).as_deref(), Some("invalid_client"), "{answer}");
+        assert_eq!(
+            oauth_error(&answer).as_deref(),
+            Some("invalid_client"),
+            "{answer}"
+        );
         assert!(
-            answer.header("www-authenticate").is_some_and(|v| v.to_ascii_lowercase().starts_with("basic")),
+            answer
+                .header("www-authenticate")
+                .is_some_and(|v| v.to_ascii_lowercase().starts_with("basic")),
             "WWW-Authenticate: Basic when Basic was used: {answer}"
         );
         assert!(!answer.text().contains("access_token"), "{answer}");
@@ -118,7 +208,11 @@ async fn a_wrong_secret_is_invalid_client() {
     let posted = format!("{form}&client_id={DEMO_CLIENT_ID}&client_secret=wrong-secret");
     let answer = token_endpoint(None, &posted).await;
     assert!(matches!(answer.status, 400 | 401), "{answer}");
-    assert_eq!(oauth_error(&answer).as_deref(), Some("invalid_client"), "{answer}");
+    assert_eq!(
+        oauth_error(&answer).as_deref(),
+        Some("invalid_client"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -126,15 +220,27 @@ async fn an_unknown_grant_is_unsupported_grant_type() {
     let auth = basic(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
     let answer = token_endpoint(Some(&auth), "grant_type=password&username=a&password=b").await;
     answer.assert_status(400);
-    assert_eq!(oauth_error(&answer).as_deref(), Some("unsupported_grant_type"), "{answer}");
+    assert_eq!(
+        oauth_error(&answer).as_deref(),
+        Some("unsupported_grant_type"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
 async fn a_scope_the_client_lacks_is_invalid_scope() {
-    for scope in ["admin/everything", "dashboard/write", "app/read dashboard/write"] {
+    for scope in [
+        "admin/everything",
+        "dashboard/write",
+        "app/read dashboard/write",
+    ] {
         let answer = client_credentials(gw(), &client(), Some(scope)).await;
         answer.assert_status(400);
-        assert_eq!(oauth_error(&answer).as_deref(), Some("invalid_scope"), "scope {scope:?}: {answer}");
+        assert_eq!(
+            oauth_error(&answer).as_deref(),
+            Some("invalid_scope"),
+            "scope {scope:?}: {answer}"
+        );
     }
 }
 
@@ -144,11 +250,28 @@ async fn an_issued_m2m_token_is_judged_by_its_scopes() {
     let c = client();
     let issued = client_credentials(gw, &c, Some("app/read app/write dashboard/read")).await;
     issued.assert_status(200);
-    let token = issued.json().expect("JSON")["access_token"].as_str().expect("access_token").to_owned();
+    let token = issued.json().expect("JSON")["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
 
-    let read = send(&c, "GET", &gw.api_url("/app/v1/workspaces/ws-demo/missions"), &[bearer(&token)], None).await;
+    let read = send(
+        &c,
+        "GET",
+        &gw.api_url("/app/v1/workspaces/ws-demo/missions"),
+        &[bearer(&token)],
+        None,
+    )
+    .await;
     read.assert_status(200);
-    let dash = send(&c, "GET", &gw.api_url("/dashboard/v1/workspaces/ws-demo/missions"), &[bearer(&token)], None).await;
+    let dash = send(
+        &c,
+        "GET",
+        &gw.api_url("/dashboard/v1/workspaces/ws-demo/missions"),
+        &[bearer(&token)],
+        None,
+    )
+    .await;
     dash.assert_status(200);
     let mission = json!({"name": "t", "description": "d", "points": 10});
     let write = send(
@@ -163,7 +286,10 @@ async fn an_issued_m2m_token_is_judged_by_its_scopes() {
 
     let narrow = client_credentials(gw, &c, Some("app/read")).await;
     narrow.assert_status(200);
-    let narrow = narrow.json().expect("JSON")["access_token"].as_str().expect("access_token").to_owned();
+    let narrow = narrow.json().expect("JSON")["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
     let points = json!({"userId": "u-member", "points": 5, "reason": "r"});
     let denied = send(
         &c,

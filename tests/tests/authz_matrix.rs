@@ -5,7 +5,9 @@
 //! Denied means 403 `auth/insufficient_permissions`. Each test collects every mismatch before
 //! failing, so one run shows the whole picture.
 
-use e2e_tests::{Answer, DEMO_WS, Gateway, OTHER_WS, bearer, client, human, m2m, send, with, without};
+use e2e_tests::{
+    Answer, DEMO_WS, Gateway, OTHER_WS, bearer, client, human, m2m, send, with, without,
+};
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -47,15 +49,42 @@ impl Route {
 }
 
 fn route(method: &'static str, area: &'static str, suffix: &'static str, class: Class) -> Route {
-    Route { method, area, suffix, class, body: None, destructive: false }
+    Route {
+        method,
+        area,
+        suffix,
+        class,
+        body: None,
+        destructive: false,
+    }
 }
 
-fn write(method: &'static str, area: &'static str, suffix: &'static str, class: Class, body: Value) -> Route {
-    Route { method, area, suffix, class, body: Some(body), destructive: false }
+fn write(
+    method: &'static str,
+    area: &'static str,
+    suffix: &'static str,
+    class: Class,
+    body: Value,
+) -> Route {
+    Route {
+        method,
+        area,
+        suffix,
+        class,
+        body: Some(body),
+        destructive: false,
+    }
 }
 
 fn destroy(area: &'static str, suffix: &'static str, class: Class) -> Route {
-    Route { method: "DELETE", area, suffix, class, body: None, destructive: true }
+    Route {
+        method: "DELETE",
+        area,
+        suffix,
+        class,
+        body: None,
+        destructive: true,
+    }
 }
 
 /// Every route of the default route table except `DELETE` of the workspace itself.
@@ -80,7 +109,13 @@ fn routes() -> Vec<Route> {
         route("GET", "app", "/leaderboards/leaderboard-weekly", AppRead),
         route("GET", "app", "/premium-content", AppRead),
         route("GET", "app", "/premium-content/premium-playbook", AppRead),
-        write("POST", "app", "/missions/mission-first-lesson/complete", AppWrite, json!({})),
+        write(
+            "POST",
+            "app",
+            "/missions/mission-first-lesson/complete",
+            AppWrite,
+            json!({}),
+        ),
         write("POST", "app", "/points", AppM2mOnly, points.clone()),
         route("GET", "dashboard", "/missions", DashRead),
         route("GET", "dashboard", "/leaderboards", DashRead),
@@ -89,18 +124,59 @@ fn routes() -> Vec<Route> {
         route("GET", "dashboard", "/users", DashRead),
         route("GET", "dashboard", "/users/u-member", DashRead),
         route("GET", "dashboard", "/groups", DashRead),
-        route("GET", "dashboard", "/departments/engineering/reports", DashReport),
+        route(
+            "GET",
+            "dashboard",
+            "/departments/engineering/reports",
+            DashReport,
+        ),
         write("POST", "dashboard", "/missions", DashContent, mission),
-        write("POST", "dashboard", "/leaderboards", DashContent, named.clone()),
+        write(
+            "POST",
+            "dashboard",
+            "/leaderboards",
+            DashContent,
+            named.clone(),
+        ),
         write("POST", "dashboard", "/badges", DashContent, named.clone()),
         write("POST", "dashboard", "/catalog", DashContent, catalog),
-        write("PUT", "dashboard", "/missions/mission-welcome", DashContent, renamed.clone()),
-        write("PUT", "dashboard", "/levels/level-2", DashContent, renamed.clone()),
+        write(
+            "PUT",
+            "dashboard",
+            "/missions/mission-welcome",
+            DashContent,
+            renamed.clone(),
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/levels/level-2",
+            DashContent,
+            renamed.clone(),
+        ),
         write("POST", "dashboard", "/users", DashAdmin, user),
         write("POST", "dashboard", "/groups", DashAdmin, named),
-        write("POST", "dashboard", "/points/adjustments", DashAdmin, points),
-        write("PUT", "dashboard", "/groups/group-engineering", DashAdmin, renamed),
-        write("PUT", "dashboard", "/users/u-member/role", OwnerOnly, json!({"role": "Member"})),
+        write(
+            "POST",
+            "dashboard",
+            "/points/adjustments",
+            DashAdmin,
+            points,
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/groups/group-engineering",
+            DashAdmin,
+            renamed,
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/users/u-member/role",
+            OwnerOnly,
+            json!({"role": "Member"}),
+        ),
         destroy("dashboard", "/missions/mission-streak", DashContent),
         destroy("dashboard", "/catalog/item-masterclass", DashContent),
         destroy("dashboard", "/users/u-viewer", DashAdmin),
@@ -184,7 +260,9 @@ fn not_allowed(answer: &Answer, may_be_gone: bool) -> Option<String> {
         return Some(format!("denied or failed: {answer}"));
     }
     if s == 404 && !may_be_gone && !answer.forwarded() {
-        return Some(format!("404 not from the backend (no upstream Server-Timing): {answer}"));
+        return Some(format!(
+            "404 not from the backend (no upstream Server-Timing): {answer}"
+        ));
     }
     None
 }
@@ -194,14 +272,29 @@ fn not_denied(answer: &Answer) -> Option<String> {
     if answer.status == 403 && answer.code().as_deref() == Some("auth/insufficient_permissions") {
         None
     } else {
-        Some(format!("expected 403 auth/insufficient_permissions: {answer}"))
+        Some(format!(
+            "expected 403 auth/insufficient_permissions: {answer}"
+        ))
     }
 }
 
 /// Sends `route` for `claims` against `ws`, returning the answer.
-async fn call(gw: &Gateway, c: &reqwest::Client, route: &Route, ws: &str, claims: &Value) -> Answer {
+async fn call(
+    gw: &Gateway,
+    c: &reqwest::Client,
+    route: &Route,
+    ws: &str,
+    claims: &Value,
+) -> Answer {
     let token = gw.mint(claims, None);
-    send(c, route.method, &gw.api_url(&route.path(ws)), &[bearer(&token)], route.body.as_ref()).await
+    send(
+        c,
+        route.method,
+        &gw.api_url(&route.path(ws)),
+        &[bearer(&token)],
+        route.body.as_ref(),
+    )
+    .await
 }
 
 fn report(what: &str, failures: &[String], total: usize) {
@@ -294,7 +387,11 @@ async fn cross_workspace_is_denied_on_every_route() {
             total += 1;
             let answer = call(&gw, &c, route, OTHER_WS, claims).await;
             if let Some(problem) = not_denied(&answer) {
-                failures.push(format!("{} {} as {name} of {DEMO_WS}: {problem}", route.method, route.path(OTHER_WS)));
+                failures.push(format!(
+                    "{} {} as {name} of {DEMO_WS}: {problem}",
+                    route.method,
+                    route.path(OTHER_WS)
+                ));
             }
         }
         // Tokens of ws-other against ws-demo paths.
@@ -303,7 +400,11 @@ async fn cross_workspace_is_denied_on_every_route() {
             let foreign = with(claims, "workspaceId", json!(OTHER_WS));
             let answer = call(&gw, &c, route, DEMO_WS, &foreign).await;
             if let Some(problem) = not_denied(&answer) {
-                failures.push(format!("{} {} as {name} of {OTHER_WS}: {problem}", route.method, route.path(DEMO_WS)));
+                failures.push(format!(
+                    "{} {} as {name} of {OTHER_WS}: {problem}",
+                    route.method,
+                    route.path(DEMO_WS)
+                ));
             }
         }
     }
@@ -312,7 +413,10 @@ async fn cross_workspace_is_denied_on_every_route() {
     total += 1;
     let answer = call(&gw, &c, &upper, "WS-DEMO", &human("Owner", "app")).await;
     if let Some(problem) = not_denied(&answer) {
-        failures.push(format!("GET {} as Owner of {DEMO_WS}: {problem}", upper.path("WS-DEMO")));
+        failures.push(format!(
+            "GET {} as Owner of {DEMO_WS}: {problem}",
+            upper.path("WS-DEMO")
+        ));
     }
     report("cross-workspace", &failures, total);
 }
@@ -321,7 +425,10 @@ async fn cross_workspace_is_denied_on_every_route() {
 async fn humans_reach_the_dashboard_only_with_dashboard_context() {
     let gw = Gateway::start();
     let c = client();
-    let mut all: Vec<Route> = routes().into_iter().filter(|r| r.area == "dashboard").collect();
+    let mut all: Vec<Route> = routes()
+        .into_iter()
+        .filter(|r| r.area == "dashboard")
+        .collect();
     all.push(destroy("dashboard", "", Class::OwnerOnly));
     all.sort_by_key(|r| r.destructive);
     let mut failures = Vec::new();
@@ -337,7 +444,11 @@ async fn humans_reach_the_dashboard_only_with_dashboard_context() {
                 total += 1;
                 let answer = call(&gw, &c, route, DEMO_WS, claims).await;
                 if let Some(problem) = not_denied(&answer) {
-                    failures.push(format!("{} {} as {role} with {variant}: {problem}", route.method, route.path(DEMO_WS)));
+                    failures.push(format!(
+                        "{} {} as {role} with {variant}: {problem}",
+                        route.method,
+                        route.path(DEMO_WS)
+                    ));
                 }
             }
         }

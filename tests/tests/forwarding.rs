@@ -41,13 +41,23 @@ async fn inbound_identity_headers_do_not_reach_the_backend() {
     ];
     let answer = send(&c, "GET", &url, &spoofed, None).await;
     answer.assert_status(200);
-    let body = answer.json().unwrap_or_else(|| panic!("JSON body: {answer}"));
-    assert_eq!(user_id(&body), Some("u-member"), "the backend must see the token's user: {answer}");
+    let body = answer
+        .json()
+        .unwrap_or_else(|| panic!("JSON body: {answer}"));
+    assert_eq!(
+        user_id(&body),
+        Some("u-member"),
+        "the backend must see the token's user: {answer}"
+    );
 
     // The control: the same request without spoofing says the same.
     let plain = send(&c, "GET", &url, &[bearer(&token)], None).await;
     plain.assert_status(200);
-    assert_eq!(user_id(&plain.json().expect("JSON body")), Some("u-member"), "{plain}");
+    assert_eq!(
+        user_id(&plain.json().expect("JSON body")),
+        Some("u-member"),
+        "{plain}"
+    );
 }
 
 #[tokio::test]
@@ -75,7 +85,14 @@ async fn forwarded_answers_carry_server_timing() {
     let gw = gw();
     let token = gw.mint(&human("Member", "app"), None);
     for suffix in ["/missions", "/missions/mission-welcome", "/points"] {
-        let answer = send(&client(), "GET", &gw.api_url(&format!("{APP}{suffix}")), &[bearer(&token)], None).await;
+        let answer = send(
+            &client(),
+            "GET",
+            &gw.api_url(&format!("{APP}{suffix}")),
+            &[bearer(&token)],
+            None,
+        )
+        .await;
         answer.assert_status(200);
         let timing = answer.header("server-timing").unwrap_or_default();
         assert!(
@@ -96,21 +113,71 @@ async fn one_of_each(extra: &[(String, String)]) -> Vec<(&'static str, Answer)> 
         h
     };
     vec![
-        ("200", send(&c, "GET", &gw.api_url(&format!("{APP}/missions")), &with_token(&member), None).await),
+        (
+            "200",
+            send(
+                &c,
+                "GET",
+                &gw.api_url(&format!("{APP}/missions")),
+                &with_token(&member),
+                None,
+            )
+            .await,
+        ),
         (
             "400 invalid path",
-            raw_request(gw.api, "GET", &format!("{APP}/%2e%2e/ws-other/missions"), &with_token(&member)).await,
+            raw_request(
+                gw.api,
+                "GET",
+                &format!("{APP}/%2e%2e/ws-other/missions"),
+                &with_token(&member),
+            )
+            .await,
         ),
-        ("401 no token", send(&c, "GET", &gw.api_url(&format!("{APP}/missions")), extra, None).await),
+        (
+            "401 no token",
+            send(
+                &c,
+                "GET",
+                &gw.api_url(&format!("{APP}/missions")),
+                extra,
+                None,
+            )
+            .await,
+        ),
         (
             "401 invalid token",
-            send(&c, "GET", &gw.api_url(&format!("{APP}/missions")), &with_token("a.b.c"), None).await,
+            send(
+                &c,
+                "GET",
+                &gw.api_url(&format!("{APP}/missions")),
+                &with_token("a.b.c"),
+                None,
+            )
+            .await,
         ),
         (
             "403 forbidden",
-            send(&c, "GET", &gw.api_url("/dashboard/v1/workspaces/ws-demo/users"), &with_token(&member), None).await,
+            send(
+                &c,
+                "GET",
+                &gw.api_url("/dashboard/v1/workspaces/ws-demo/users"),
+                &with_token(&member),
+                None,
+            )
+            .await,
         ),
-        ("404 unknown route", send(&c, "GET", &gw.api_url(&format!("{APP}/nope")), &with_token(&member), None).await),
+        (
+            "404 unknown route",
+            send(
+                &c,
+                "GET",
+                &gw.api_url(&format!("{APP}/nope")),
+                &with_token(&member),
+                None,
+            )
+            .await,
+        ),
     ]
 }
 
@@ -133,11 +200,17 @@ async fn every_answer_has_a_request_id_and_errors_the_envelope() {
             if !problems.is_empty() {
                 failures.push(format!("{what}: {problems:?}: {answer}"));
             }
-            if !answer.header("content-type").is_some_and(|t| t.contains("application/json")) {
+            if !answer
+                .header("content-type")
+                .is_some_and(|t| t.contains("application/json"))
+            {
                 failures.push(format!("{what}: error Content-Type is not JSON: {answer}"));
             }
             let body = answer.json().unwrap_or_default();
-            let stamp = body.get("timestamp").and_then(Value::as_str).unwrap_or_default();
+            let stamp = body
+                .get("timestamp")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !(stamp.len() >= 20 && stamp.as_bytes()[4] == b'-' && stamp.contains('T')) {
                 failures.push(format!("{what}: timestamp {stamp:?} is not RFC 3339"));
             }
@@ -159,7 +232,10 @@ async fn the_error_path_is_the_request_path() {
     let member = gw.mint(&human("Member", "app"), None);
     let cases = [
         (format!("{APP}/missions"), None),
-        ("/dashboard/v1/workspaces/ws-demo/users".to_owned(), Some(&member)),
+        (
+            "/dashboard/v1/workspaces/ws-demo/users".to_owned(),
+            Some(&member),
+        ),
         (format!("{APP}/nope"), Some(&member)),
     ];
     for (path, token) in cases {
@@ -167,7 +243,11 @@ async fn the_error_path_is_the_request_path() {
         let answer = send(&c, "GET", &gw.api_url(&path), &headers, None).await;
         assert!(answer.status >= 400, "an error: {answer}");
         let body = answer.json().unwrap_or_default();
-        assert_eq!(body.get("path").and_then(Value::as_str), Some(path.as_str()), "{answer}");
+        assert_eq!(
+            body.get("path").and_then(Value::as_str),
+            Some(path.as_str()),
+            "{answer}"
+        );
     }
 }
 
@@ -182,7 +262,9 @@ async fn a_well_formed_request_id_is_echoed() {
         if answer.status >= 400 {
             let body = answer.json().unwrap_or_default();
             if body.get("requestId").and_then(Value::as_str) != Some("abc-123") {
-                failures.push(format!("{what}: envelope requestId is not abc-123: {answer}"));
+                failures.push(format!(
+                    "{what}: envelope requestId is not abc-123: {answer}"
+                ));
             }
         }
     }
@@ -195,13 +277,30 @@ async fn a_malformed_request_id_is_replaced() {
     let token = gw.mint(&human("Member", "app"), None);
     let long = "a".repeat(300);
     for bad in [long.as_str(), "abc 123", "abc\"<script>"] {
-        for headers in [vec![header("x-request-id", bad)], vec![bearer(&token), header("x-request-id", bad)]] {
-            let answer = send(&client(), "GET", &gw.api_url(&format!("{APP}/missions")), &headers, None).await;
+        for headers in [
+            vec![header("x-request-id", bad)],
+            vec![bearer(&token), header("x-request-id", bad)],
+        ] {
+            let answer = send(
+                &client(),
+                "GET",
+                &gw.api_url(&format!("{APP}/missions")),
+                &headers,
+                None,
+            )
+            .await;
             let id = answer.header("x-request-id").unwrap_or_default();
-            assert!(!id.is_empty() && id != bad, "X-Request-Id {bad:?} should be replaced: {answer}");
+            assert!(
+                !id.is_empty() && id != bad,
+                "X-Request-Id {bad:?} should be replaced: {answer}"
+            );
             if answer.status >= 400 {
                 let body = answer.json().unwrap_or_default();
-                assert_eq!(body.get("requestId").and_then(Value::as_str), Some(id), "{answer}");
+                assert_eq!(
+                    body.get("requestId").and_then(Value::as_str),
+                    Some(id),
+                    "{answer}"
+                );
             }
         }
     }

@@ -71,7 +71,9 @@ async fn check_smuggled(token: Option<&str>) {
             && answer.envelope_problems().is_empty()
             && !answer.forwarded();
         if !ok {
-            failures.push(format!("{path:?}: want 400 validation/invalid_path (envelope, not forwarded); got {answer}"));
+            failures.push(format!(
+                "{path:?}: want 400 validation/invalid_path (envelope, not forwarded); got {answer}"
+            ));
         }
     }
     assert!(
@@ -79,7 +81,11 @@ async fn check_smuggled(token: Option<&str>) {
         "{} of {} smuggled paths mishandled ({}):\n{}",
         failures.len(),
         SMUGGLED.len(),
-        if token.is_some() { "with a Member token" } else { "without a token" },
+        if token.is_some() {
+            "with a Member token"
+        } else {
+            "without a token"
+        },
         failures.join("\n")
     );
 }
@@ -88,7 +94,13 @@ async fn check_smuggled(token: Option<&str>) {
 async fn the_raw_client_reaches_the_backend() {
     // The control for everything below: a clean path over the same raw client succeeds.
     let token = gw().mint(&human("Member", "app"), None);
-    let answer = raw_request(gw().api, "GET", "/app/v1/workspaces/ws-demo/missions", &[bearer(&token)]).await;
+    let answer = raw_request(
+        gw().api,
+        "GET",
+        "/app/v1/workspaces/ws-demo/missions",
+        &[bearer(&token)],
+    )
+    .await;
     answer.assert_status(200);
     assert!(answer.json().is_some(), "JSON from the backend: {answer}");
 }
@@ -111,21 +123,37 @@ async fn unknown_routes_are_404_not_found() {
     let dashboard = gw.mint(&human("Owner", "dashboard"), None);
     let cases: &[(&str, &str, &str)] = &[
         ("GET", "/app/v1/workspaces/ws-demo/unknown-things", &app),
-        ("GET", "/app/v1/workspaces/ws-demo/missions/mission-welcome/extra", &app),
+        (
+            "GET",
+            "/app/v1/workspaces/ws-demo/missions/mission-welcome/extra",
+            &app,
+        ),
         ("GET", "/app/v1/workspaces/ws-demo", &app),
         ("GET", "/app/v2/workspaces/ws-demo/missions", &app),
         ("GET", "/app/v1/workspace/ws-demo/missions", &app),
         ("GET", "/", &app),
         ("DELETE", "/app/v1/workspaces/ws-demo/missions", &app),
         ("POST", "/app/v1/workspaces/ws-demo/badges", &app),
-        ("GET", "/dashboard/v1/workspaces/ws-demo/unknown-things", &dashboard),
-        ("PATCH", "/dashboard/v1/workspaces/ws-demo/missions/mission-welcome", &dashboard),
+        (
+            "GET",
+            "/dashboard/v1/workspaces/ws-demo/unknown-things",
+            &dashboard,
+        ),
+        (
+            "PATCH",
+            "/dashboard/v1/workspaces/ws-demo/missions/mission-welcome",
+            &dashboard,
+        ),
         // matching is case-sensitive
         ("GET", "/APP/v1/workspaces/ws-demo/missions", &app),
         ("GET", "/app/V1/workspaces/ws-demo/missions", &app),
         ("GET", "/app/v1/Workspaces/ws-demo/missions", &app),
         ("GET", "/app/v1/workspaces/ws-demo/Missions", &app),
-        ("GET", "/Dashboard/v1/workspaces/ws-demo/missions", &dashboard),
+        (
+            "GET",
+            "/Dashboard/v1/workspaces/ws-demo/missions",
+            &dashboard,
+        ),
     ];
     let mut failures = Vec::new();
     for (method, path, token) in cases {
@@ -135,8 +163,16 @@ async fn unknown_routes_are_404_not_found() {
             && answer.envelope_problems().is_empty()
             && !answer.forwarded();
         if !ok {
-            failures.push(format!("{method} {path}: want 404 resource/not_found from the gateway; got {answer}"));
+            failures.push(format!(
+                "{method} {path}: want 404 resource/not_found from the gateway; got {answer}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} unknown routes mishandled:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} unknown routes mishandled:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

@@ -84,6 +84,13 @@ pub(crate) fn is_scope_token(s: &str) -> bool {
             .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
 }
 
+impl IssuerConfig {
+    /// Check the configuration as `Issuer::open` would, without touching any key.
+    pub fn check(&self) -> Result<(), IssuerError> {
+        Settings::validate(self.clone()).map(|_| ())
+    }
+}
+
 impl Settings {
     pub(crate) fn validate(cfg: IssuerConfig) -> Result<Settings, IssuerError> {
         let bad = |m: String| Err(IssuerError::Config(m));

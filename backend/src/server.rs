@@ -1,0 +1,286 @@
+//! The HTTP/1.1 server: binding, the accept loop, and the per-request steps every route shares
+//! (request id, health check, assertion, workspace check, body limit, JSON rendering).
+
+use std::convert::Infallible;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+
+use crate::Listen;
+use crate::assertion::{ASSERTION_HEADER, AssertionVerifier};
+use crate::error::{ApiError, BackendError};
+use crate::handlers::{Ctx, Query, Reply, Verb};
+use crate::routes;
+use crate::store::Store;
+
+/// The largest request body accepted (1 MiB); larger is 413 `validation/payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+const REQUEST_ID_HEADER: &str = "x-request-id";
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service's shared state: the store and the assertion verifier.
+pub struct App {
+    store: Arc<dyn Store>,
+    verifier: AssertionVerifier,
+}
+
+impl App {
+    /// The service over `store`, trusting assertions signed with `assertion_key`.
+    pub fn new(store: Arc<dyn Store>, assertion_key: &[u8]) -> App {
+        App {
+            store,
+            verifier: AssertionVerifier::new(assertion_key),
+        }
+    }
+}
+
+/// A bound listener, TCP or unix.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A unix socket listener.
+    Unix(tokio::net::UnixListener),
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(l: tokio::net::TcpListener) -> Listener {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<tokio::net::UnixListener> for Listener {
+    fn from(l: tokio::net::UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
+}
+
+/// A listener bound before any runtime exists.
+pub(crate) enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl StdListener {
+    /// Hand the listener to the current tokio runtime.
+    pub(crate) fn into_tokio(self) -> std::io::Result<Listener> {
+        match self {
+            StdListener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l).map(Listener::Tcp)
+            }
+            StdListener::Unix(l) => {
+                l.set_nonblocking(true)?;
+                tokio::net::UnixListener::from_std(l).map(Listener::Unix)
+            }
+        }
+    }
+}
+
+/// Bind `listen` synchronously; the listener and the address actually bound.
+pub(crate) fn bind(listen: &Listen) -> Result<(StdListener, Listen), BackendError> {
+    match listen {
+        Listen::Tcp(addr) => {
+            let err = |source| BackendError::Bind {
+                what: addr.to_string(),
+                source,
+            };
+            let l = std::net::TcpListener::bind(addr).map_err(err)?;
+            let bound = l.local_addr().map_err(err)?;
+            Ok((StdListener::Tcp(l), Listen::Tcp(bound)))
+        }
+        Listen::Unix(path) => {
+            remove_stale_socket(path)?;
+            let err = |source| BackendError::Bind {
+                what: path.display().to_string(),
+                source,
+            };
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+            // The window between bind and chmod is closed by the data dir being private.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+            Ok((StdListener::Unix(l), listen.clone()))
+        }
+    }
+}
+
+/// Remove a socket left by an earlier run; refuse a live socket or a file that is no socket.
+fn remove_stale_socket(path: &Path) -> Result<(), BackendError> {
+    let shown = || path.display().to_string();
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BackendError::Bind {
+            what: shown(),
+            source,
+        }),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            Err(BackendError::SocketPath(shown(), "exists and is not a socket"))
+        }
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            Err(BackendError::SocketPath(shown(), "another server is listening on it"))
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(|source| BackendError::Bind {
+            what: shown(),
+            source,
+        }),
+    }
+}
+
+/// Serve HTTP/1.1 on `listener` until the runtime stops; accept errors are logged and retried.
+pub async fn serve(listener: impl Into<Listener>, app: Arc<App>) {
+    let listener = listener.into();
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        };
+        match accepted {
+            Ok(Conn::Tcp(s)) => {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(connection(s, app.clone()));
+            }
+            Ok(Conn::Unix(s)) => {
+                tokio::spawn(connection(s, app.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "backend accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn connection<S>(stream: S, app: Arc<App>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(handle(&app, req).await) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "backend connection ended with an error");
+    }
+}
+
+/// Answer one request; every outcome is JSON.
+pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let request_id = request_id(req.headers());
+    let path = req.uri().path().to_owned();
+    let (status, body) = match process(app, req).await {
+        Ok(Reply { status, body }) => (status, body),
+        Err(err) => {
+            if let ApiError::Internal(detail) = &err {
+                tracing::error!(request_id = %request_id, path = %path, %detail, "backend error");
+            }
+            (err.status(), Some(err.envelope(&request_id, &path)))
+        }
+    };
+    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()));
+    let mut resp = Response::new(Full::new(bytes));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+async fn process(app: &App, req: Request<Incoming>) -> Result<Reply, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if parts.method == Method::GET && path == "/healthz" {
+        return Ok(Reply {
+            status: StatusCode::OK,
+            body: Some(json!({"status": "ok"})),
+        });
+    }
+    let mut tokens = parts.headers.get_all(ASSERTION_HEADER).iter();
+    let token = match (tokens.next(), tokens.next()) {
+        (Some(t), None) => t
+            .to_str()
+            .map_err(|_| ApiError::InvalidAssertion("the gateway assertion is invalid"))?,
+        (None, _) => return Err(ApiError::InvalidAssertion("the gateway assertion is missing")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidAssertion("more than one gateway assertion"));
+        }
+    };
+    let caller = app.verifier.verify(token, parts.method.as_str(), path)?;
+    let target = routes::target(path)?;
+    if target.ws != caller.workspace_id {
+        return Err(ApiError::Forbidden(
+            "the assertion is for another workspace",
+        ));
+    }
+    let query = Query::parse(parts.uri.query())?;
+    let body = read_body(&parts.headers, body).await?;
+    let cx = Ctx {
+        verb: Verb::from(&parts.method),
+        area: target.area,
+        ws: target.ws,
+        rest: target.rest,
+        query,
+        caller,
+        body,
+    };
+    routes::dispatch(app.store.as_ref(), &cx).await
+}
+
+async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::invalid("the request body could not be read")),
+    }
+}
+
+/// The inbound `X-Request-Id` when well formed (1–128 of `A-Za-z0-9._:-`), else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => nanoid::nanoid!(),
+    }
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

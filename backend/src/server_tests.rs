@@ -1,0 +1,330 @@
+//! Handler tests: a real server on a loopback port, real HTTP/1.1.
+
+use serde_json::{Value, json};
+
+use crate::testing::{Answer, assertion, m2m, sign, start};
+
+const APP: &str = "/app/v1/workspaces/ws-demo";
+const DASH: &str = "/dashboard/v1/workspaces/ws-demo";
+
+fn as_is(_: &mut crate::Assertion) {}
+
+fn admin(a: &mut crate::Assertion) {
+    a.sub = "u-admin".into();
+    a.user_id = Some("u-admin".into());
+    a.role = Some("Admin".into());
+    a.context = Some("dashboard".into());
+}
+
+fn assert_envelope(a: &Answer, status: u16, code: &str, path: &str) {
+    assert_eq!(a.status, status, "{a:?}");
+    assert_eq!(a.code(), code, "{a:?}");
+    assert_eq!(a.json["status"], status);
+    assert_eq!(a.json["path"], path);
+    let rid = a.headers.get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(a.json["requestId"], rid);
+    assert!(a.json["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(a.headers.get("content-type").unwrap(), "application/json");
+}
+
+#[tokio::test]
+async fn healthz_needs_no_assertion() {
+    let s = start().await;
+    let a = s.raw("GET", "/healthz", None, Vec::new(), &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json, json!({"status": "ok"}));
+    assert_eq!(a.headers.get("content-type").unwrap(), "application/json");
+}
+
+#[tokio::test]
+async fn identity_comes_only_from_a_valid_assertion() {
+    let s = start().await;
+    let path = format!("{APP}/points");
+    let spoof = [("x-cedargate-user-id", "u-owner"), ("x-request-id", "abc-123")];
+    let a = s.raw("GET", &path, None, Vec::new(), &spoof).await;
+    assert_envelope(&a, 401, "auth/invalid_assertion", &path);
+    assert_eq!(a.json["requestId"], "abc-123");
+
+    let a = s.raw("GET", &path, Some("junk"), Vec::new(), &[]).await;
+    assert_envelope(&a, 401, "auth/invalid_assertion", &path);
+
+    // Bound to another path or method: refused.
+    let other = sign(&assertion("GET", &format!("{APP}/missions"), "ws-demo"));
+    let a = s.raw("GET", &path, Some(&other), Vec::new(), &[]).await;
+    assert_envelope(&a, 401, "auth/invalid_assertion", &path);
+    let post = sign(&assertion("POST", &path, "ws-demo"));
+    let a = s.raw("GET", &path, Some(&post), Vec::new(), &[]).await;
+    assert_envelope(&a, 401, "auth/invalid_assertion", &path);
+
+    let a = s.call("GET", &path, as_is, None).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json["userId"], "u-member");
+    assert_eq!(a.json["balance"], 75);
+    assert_eq!(a.json["level"]["id"], "level-1");
+
+    // Without userId the principal is the user.
+    let a = s.call("GET", &path, |a| a.user_id = None, None).await;
+    assert_eq!(a.json["userId"], "u-member");
+    let a = s
+        .call("GET", &path, |a| a.user_id = Some("u-viewer".into()), None)
+        .await;
+    assert_eq!(a.json["userId"], "u-viewer");
+    assert_eq!(a.json["ledger"][0]["reason"], "welcome gift");
+}
+
+#[tokio::test]
+async fn the_path_workspace_must_be_the_assertions() {
+    let s = start().await;
+    let path = "/app/v1/workspaces/ws-other/missions";
+    let a = s
+        .call("GET", path, |a| a.workspace_id = "ws-demo".into(), None)
+        .await;
+    assert_envelope(&a, 403, "auth/insufficient_permissions", path);
+}
+
+#[tokio::test]
+async fn a_workspace_without_data_lists_empty() {
+    let s = start().await;
+    let path = "/app/v1/workspaces/ws-empty/missions";
+    let a = s
+        .call("GET", path, |a| a.workspace_id = "ws-empty".into(), None)
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json, json!({"items": [], "nextToken": null}));
+    let path = "/app/v1/workspaces/ws-empty/missions/mission-welcome";
+    let a = s
+        .call("GET", path, |a| a.workspace_id = "ws-empty".into(), None)
+        .await;
+    assert_envelope(&a, 404, "resource/not_found", path);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_404() {
+    let s = start().await;
+    for (m, p) in [
+        ("GET", format!("{APP}/nope")),
+        ("PATCH", format!("{APP}/missions")),
+        ("DELETE", format!("{APP}/missions/mission-welcome")),
+        ("GET", "/nowhere".to_owned()),
+    ] {
+        let a = s.call(m, &p, as_is, None).await;
+        assert_envelope(&a, 404, "resource/not_found", &p);
+    }
+}
+
+#[tokio::test]
+async fn lists_paginate_in_a_stable_order() {
+    let s = start().await;
+    let a = s.call("GET", &format!("{APP}/missions?limit=2"), as_is, None).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let first: Vec<&str> = a.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, ["mission-first-lesson", "mission-streak"]);
+    let token = a.json["nextToken"].as_str().unwrap();
+    let a = s
+        .call("GET", &format!("{APP}/missions?limit=2&nextToken={token}"), as_is, None)
+        .await;
+    assert_eq!(a.json["items"][0]["id"], "mission-welcome");
+    assert_eq!(a.json["nextToken"], Value::Null);
+
+    let p = format!("{APP}/missions");
+    let a = s.call("GET", &format!("{p}?limit=500"), as_is, None).await;
+    assert_envelope(&a, 400, "validation/invalid_input", &p);
+    assert_eq!(a.json["details"][0]["field"], "limit");
+}
+
+#[tokio::test]
+async fn completing_a_mission_awards_points_once() {
+    let s = start().await;
+    let p = format!("{APP}/missions/mission-first-lesson/complete");
+    let a = s.call("POST", &p, as_is, Some(json!({}))).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.json["userId"], "u-member");
+    assert_eq!(a.json["pointsAwarded"], 100);
+    assert_eq!(a.json["balance"], 175);
+    let a = s.call("POST", &p, as_is, None).await;
+    assert_envelope(&a, 409, "resource/conflict", &p);
+    let a = s.call("GET", &format!("{APP}/points"), as_is, None).await;
+    assert_eq!(a.json["balance"], 175);
+    assert_eq!(a.json["level"]["id"], "level-2");
+
+    let missing = format!("{APP}/missions/nope/complete");
+    let a = s.call("POST", &missing, as_is, None).await;
+    assert_envelope(&a, 404, "resource/not_found", &missing);
+}
+
+#[tokio::test]
+async fn points_are_awarded_by_m2m_and_never_go_negative() {
+    let s = start().await;
+    let p = format!("{APP}/points");
+    let body = json!({"userId": "u-viewer", "points": 5, "reason": "r"});
+    let a = s.call("POST", &p, m2m, Some(body.clone())).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.json["balance"], 15);
+    assert_eq!(a.json["id"].as_str().unwrap().len(), 21);
+    let a = s.call("POST", &p, as_is, Some(body)).await;
+    assert_envelope(&a, 403, "auth/insufficient_permissions", &p);
+    let a = s
+        .call("POST", &p, m2m, Some(json!({"userId": "u-viewer", "points": -5, "reason": "r"})))
+        .await;
+    assert_envelope(&a, 400, "validation/invalid_input", &p);
+
+    let adj = format!("{DASH}/points/adjustments");
+    let a = s
+        .call("POST", &adj, admin, Some(json!({"userId": "u-viewer", "points": -16, "reason": "x"})))
+        .await;
+    assert_envelope(&a, 422, "business/insufficient_points", &adj);
+    let a = s
+        .call("POST", &adj, admin, Some(json!({"userId": "u-viewer", "points": -15, "reason": "x"})))
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.json["balance"], 0);
+}
+
+#[tokio::test]
+async fn dashboard_crud_round_trip() {
+    let s = start().await;
+    let p = format!("{DASH}/missions");
+    let a = s
+        .call("POST", &p, admin, Some(json!({"name": "t", "description": "d", "points": 10})))
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 21);
+    assert_eq!(a.json["status"], "active");
+
+    let item = format!("{DASH}/missions/{id}");
+    let a = s.call("PUT", &item, admin, Some(json!({"name": "t2"}))).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!((a.json["name"].as_str(), a.json["points"].as_i64()), (Some("t2"), Some(10)));
+    let a = s.call("GET", &format!("{APP}/missions/{id}"), as_is, None).await;
+    assert_eq!(a.json["name"], "t2");
+
+    let a = s.call("DELETE", &item, admin, None).await;
+    assert_eq!(a.status, 204, "{a:?}");
+    let a = s.call("DELETE", &item, admin, None).await;
+    assert_envelope(&a, 404, "resource/not_found", &item);
+    let missing = format!("{DASH}/levels/level-9");
+    let a = s.call("PUT", &missing, admin, Some(json!({"name": "x"}))).await;
+    assert_envelope(&a, 404, "resource/not_found", &missing);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_and_huge_ones_413() {
+    let s = start().await;
+    let p = format!("{DASH}/missions");
+    let a = s.call("POST", &p, admin, Some(json!({}))).await;
+    assert_envelope(&a, 400, "validation/invalid_input", &p);
+    assert_eq!(a.json["details"], json!([{"field": "name", "message": "is required"}]));
+
+    let mut a = assertion("POST", &p, "ws-demo");
+    admin(&mut a);
+    let token = sign(&a);
+    for body in [b"{not json".to_vec(), b"[1]".to_vec(), Vec::new(), vec![0xff, 0xfe]] {
+        let got = s.raw("POST", &p, Some(&token), body, &[]).await;
+        assert_envelope(&got, 400, "validation/invalid_input", &p);
+    }
+    let huge = vec![b' '; crate::MAX_BODY_BYTES + 1];
+    let got = s.raw("POST", &p, Some(&token), huge, &[]).await;
+    assert_envelope(&got, 413, "validation/payload_too_large", &p);
+
+    let role = format!("{DASH}/users/u-member/role");
+    let a = s.call("PUT", &role, admin, Some(json!({"role": "King"}))).await;
+    assert_envelope(&a, 400, "validation/invalid_input", &role);
+    let a = s.call("PUT", &role, admin, Some(json!({"role": "Manager"}))).await;
+    assert_eq!((a.status, a.json["role"].as_str()), (200, Some("Manager")));
+}
+
+#[tokio::test]
+async fn premium_content_needs_an_entitled_caller() {
+    let s = start().await;
+    let item = format!("{APP}/catalog/item-masterclass");
+    let a = s.call("GET", &item, as_is, None).await;
+    assert_envelope(&a, 403, "auth/insufficient_permissions", &item);
+    for entitle in [
+        (|a: &mut crate::Assertion| a.premium = true) as fn(&mut crate::Assertion),
+        |a| a.role = Some("Manager".into()),
+        m2m,
+    ] {
+        let a = s.call("GET", &item, entitle, None).await;
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let free = s.call("GET", &format!("{APP}/catalog/item-intro"), as_is, None).await;
+    assert_eq!(free.status, 200);
+
+    let list = format!("{APP}/premium-content");
+    let a = s.call("GET", &list, as_is, None).await;
+    assert_envelope(&a, 403, "auth/insufficient_permissions", &list);
+    let a = s.call("GET", &format!("{list}/premium-playbook"), |a| a.premium = true, None).await;
+    assert_eq!(a.status, 200);
+
+    let catalog = format!("{APP}/catalog");
+    let a = s.call("GET", &format!("{catalog}?tier=premium"), as_is, None).await;
+    assert_envelope(&a, 403, "auth/insufficient_permissions", &catalog);
+    let a = s.call("GET", &catalog, as_is, None).await;
+    let locked = a.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "item-masterclass")
+        .unwrap();
+    assert_eq!((locked["locked"].as_bool(), locked.get("body")), (Some(true), None));
+    let a = s
+        .call("GET", &format!("{catalog}?category=onboarding"), as_is, None)
+        .await;
+    assert_eq!(a.json["items"].as_array().unwrap().len(), 1);
+    let a = s.call("GET", &format!("{catalog}?tier=gold"), as_is, None).await;
+    assert_envelope(&a, 400, "validation/invalid_input", &catalog);
+}
+
+#[tokio::test]
+async fn reports_leaderboards_and_users() {
+    let s = start().await;
+    let r = format!("{DASH}/departments/engineering/reports");
+    let a = s.call("GET", &r, admin, None).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!((a.json["memberCount"].as_u64(), a.json["totalPoints"].as_i64()), (Some(2), Some(425)));
+    let sales = format!("{DASH}/departments/sales/reports");
+    let manager = |a: &mut crate::Assertion| a.role = Some("Manager".into());
+    let a = s.call("GET", &sales, manager, None).await;
+    assert_envelope(&a, 403, "auth/insufficient_permissions", &sales);
+    let none = format!("{DASH}/departments/nope/reports");
+    let a = s.call("GET", &none, admin, None).await;
+    assert_envelope(&a, 404, "resource/not_found", &none);
+
+    let a = s.call("GET", &format!("{APP}/leaderboards/leaderboard-all-time"), as_is, None).await;
+    assert_eq!(a.json["entries"][0]["userId"], "u-manager");
+    assert_eq!(a.json["entries"][0]["rank"], 1);
+    let a = s.call("GET", &format!("{APP}/leaderboards/leaderboard-weekly?limit=1"), as_is, None).await;
+    assert_eq!(a.json["entries"].as_array().unwrap().len(), 1);
+    assert!(a.json["nextToken"].is_string());
+
+    let u = format!("{DASH}/users");
+    let body = json!({"name": "t", "email": "t@example.com", "role": "Member"});
+    let a = s.call("POST", &u, admin, Some(body.clone())).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let a = s.call("POST", &u, admin, Some(body)).await;
+    assert_envelope(&a, 409, "resource/already_exists", &u);
+    let a = s.call("GET", &format!("{u}/u-member"), admin, None).await;
+    assert_eq!((a.json["role"].as_str(), a.json["balance"].as_i64()), (Some("Member"), Some(75)));
+    let a = s.call("DELETE", &format!("{u}/u-viewer"), admin, None).await;
+    assert_eq!(a.status, 204);
+}
+
+#[tokio::test]
+async fn deleting_the_workspace_drops_everything() {
+    let s = start().await;
+    let a = s.call("DELETE", DASH, admin, None).await;
+    assert_eq!(a.status, 204, "{a:?}");
+    assert_eq!(a.headers.get("content-type").unwrap(), "application/json");
+    for p in ["missions", "catalog", "users"] {
+        let a = s.call("GET", &format!("{DASH}/{p}"), admin, None).await;
+        assert_eq!(a.json["items"], json!([]), "{p}");
+    }
+    let a = s.call("GET", &format!("{APP}/points"), as_is, None).await;
+    assert_eq!(a.json["balance"], 0);
+}
