@@ -187,7 +187,14 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["code", "message", "path", "requestId", "status", "timestamp"]
+            [
+                "code",
+                "message",
+                "path",
+                "requestId",
+                "status",
+                "timestamp"
+            ]
         );
         assert_eq!(v["status"], 404);
         let v = ApiError::field("name", "is required").envelope("r", "/p");

@@ -118,4 +118,6 @@ impl Drop for ServingGuard {
 }
 
 #[cfg(test)]
+mod spawn_tests;
+#[cfg(test)]
 pub(crate) mod testing;

@@ -29,9 +29,27 @@ pub fn demo() -> Vec<Document> {
     };
 
     for (id, name, description, points, target) in [
-        ("mission-welcome", "Welcome aboard", "Finish your profile.", 50, 1),
-        ("mission-first-lesson", "First lesson", "Complete any lesson.", 100, 1),
-        ("mission-streak", "Seven-day streak", "Learn seven days in a row.", 200, 7),
+        (
+            "mission-welcome",
+            "Welcome aboard",
+            "Finish your profile.",
+            50,
+            1,
+        ),
+        (
+            "mission-first-lesson",
+            "First lesson",
+            "Complete any lesson.",
+            100,
+            1,
+        ),
+        (
+            "mission-streak",
+            "Seven-day streak",
+            "Learn seven days in a row.",
+            200,
+            7,
+        ),
     ] {
         add(
             MISSIONS,
@@ -163,7 +181,10 @@ pub fn demo() -> Vec<Document> {
                    "missionId": mission, "balance": balance}),
         );
     }
-    for (user, points, reason) in [("u-member", 25, "welcome bonus"), ("u-viewer", 10, "welcome gift")] {
+    for (user, points, reason) in [
+        ("u-member", 25, "welcome bonus"),
+        ("u-viewer", 10, "welcome gift"),
+    ] {
         ledger += 1;
         credit(&mut balances, user, points);
         let balance = balance_of(&balances, user);
@@ -209,7 +230,12 @@ mod tests {
         for id in ["mission-welcome", "mission-first-lesson", "mission-streak"] {
             assert!(has(MISSIONS, id), "{id}");
         }
-        for id in ["item-intro", "item-safety", "item-advanced-sql", "item-masterclass"] {
+        for id in [
+            "item-intro",
+            "item-safety",
+            "item-advanced-sql",
+            "item-masterclass",
+        ] {
             assert!(has(CATALOG, id), "{id}");
         }
         for id in ["u-owner", "u-admin", "u-manager", "u-member", "u-viewer"] {

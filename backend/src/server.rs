@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, CONTENT_LENGTH};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -123,12 +123,13 @@ fn remove_stale_socket(path: &Path) -> Result<(), BackendError> {
             what: shown(),
             source,
         }),
-        Ok(meta) if !meta.file_type().is_socket() => {
-            Err(BackendError::SocketPath(shown(), "exists and is not a socket"))
-        }
-        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
-            Err(BackendError::SocketPath(shown(), "another server is listening on it"))
-        }
+        Ok(meta) if !meta.file_type().is_socket() => Err(BackendError::SocketPath(
+            shown(),
+            "exists and is not a socket",
+        )),
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => Err(
+            BackendError::SocketPath(shown(), "another server is listening on it"),
+        ),
         Ok(_) => std::fs::remove_file(path).map_err(|source| BackendError::Bind {
             what: shown(),
             source,
@@ -197,12 +198,17 @@ pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<B
             (err.status(), Some(err.envelope(&request_id, &path)))
         }
     };
-    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()));
+    let bytes = body.map_or_else(Bytes::new, |b| {
+        Bytes::from(serde_json::to_vec(&b).unwrap_or_default())
+    });
     let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
@@ -223,9 +229,15 @@ async fn process(app: &App, req: Request<Incoming>) -> Result<Reply, ApiError> {
         (Some(t), None) => t
             .to_str()
             .map_err(|_| ApiError::InvalidAssertion("the gateway assertion is invalid"))?,
-        (None, _) => return Err(ApiError::InvalidAssertion("the gateway assertion is missing")),
+        (None, _) => {
+            return Err(ApiError::InvalidAssertion(
+                "the gateway assertion is missing",
+            ));
+        }
         (Some(_), Some(_)) => {
-            return Err(ApiError::InvalidAssertion("more than one gateway assertion"));
+            return Err(ApiError::InvalidAssertion(
+                "more than one gateway assertion",
+            ));
         }
     };
     let caller = app.verifier.verify(token, parts.method.as_str(), path)?;

@@ -40,7 +40,10 @@ async fn healthz_needs_no_assertion() {
 async fn identity_comes_only_from_a_valid_assertion() {
     let s = start().await;
     let path = format!("{APP}/points");
-    let spoof = [("x-cedargate-user-id", "u-owner"), ("x-request-id", "abc-123")];
+    let spoof = [
+        ("x-cedargate-user-id", "u-owner"),
+        ("x-request-id", "abc-123"),
+    ];
     let a = s.raw("GET", &path, None, Vec::new(), &spoof).await;
     assert_envelope(&a, 401, "auth/invalid_assertion", &path);
     assert_eq!(a.json["requestId"], "abc-123");
@@ -115,7 +118,9 @@ async fn unknown_routes_and_methods_are_404() {
 #[tokio::test]
 async fn lists_paginate_in_a_stable_order() {
     let s = start().await;
-    let a = s.call("GET", &format!("{APP}/missions?limit=2"), as_is, None).await;
+    let a = s
+        .call("GET", &format!("{APP}/missions?limit=2"), as_is, None)
+        .await;
     assert_eq!(a.status, 200, "{a:?}");
     let first: Vec<&str> = a.json["items"]
         .as_array()
@@ -126,7 +131,12 @@ async fn lists_paginate_in_a_stable_order() {
     assert_eq!(first, ["mission-first-lesson", "mission-streak"]);
     let token = a.json["nextToken"].as_str().unwrap();
     let a = s
-        .call("GET", &format!("{APP}/missions?limit=2&nextToken={token}"), as_is, None)
+        .call(
+            "GET",
+            &format!("{APP}/missions?limit=2&nextToken={token}"),
+            as_is,
+            None,
+        )
         .await;
     assert_eq!(a.json["items"][0]["id"], "mission-welcome");
     assert_eq!(a.json["nextToken"], Value::Null);
@@ -169,17 +179,32 @@ async fn points_are_awarded_by_m2m_and_never_go_negative() {
     let a = s.call("POST", &p, as_is, Some(body)).await;
     assert_envelope(&a, 403, "auth/insufficient_permissions", &p);
     let a = s
-        .call("POST", &p, m2m, Some(json!({"userId": "u-viewer", "points": -5, "reason": "r"})))
+        .call(
+            "POST",
+            &p,
+            m2m,
+            Some(json!({"userId": "u-viewer", "points": -5, "reason": "r"})),
+        )
         .await;
     assert_envelope(&a, 400, "validation/invalid_input", &p);
 
     let adj = format!("{DASH}/points/adjustments");
     let a = s
-        .call("POST", &adj, admin, Some(json!({"userId": "u-viewer", "points": -16, "reason": "x"})))
+        .call(
+            "POST",
+            &adj,
+            admin,
+            Some(json!({"userId": "u-viewer", "points": -16, "reason": "x"})),
+        )
         .await;
     assert_envelope(&a, 422, "business/insufficient_points", &adj);
     let a = s
-        .call("POST", &adj, admin, Some(json!({"userId": "u-viewer", "points": -15, "reason": "x"})))
+        .call(
+            "POST",
+            &adj,
+            admin,
+            Some(json!({"userId": "u-viewer", "points": -15, "reason": "x"})),
+        )
         .await;
     assert_eq!(a.status, 201, "{a:?}");
     assert_eq!(a.json["balance"], 0);
@@ -190,7 +215,12 @@ async fn dashboard_crud_round_trip() {
     let s = start().await;
     let p = format!("{DASH}/missions");
     let a = s
-        .call("POST", &p, admin, Some(json!({"name": "t", "description": "d", "points": 10})))
+        .call(
+            "POST",
+            &p,
+            admin,
+            Some(json!({"name": "t", "description": "d", "points": 10})),
+        )
         .await;
     assert_eq!(a.status, 201, "{a:?}");
     let id = a.json["id"].as_str().unwrap().to_owned();
@@ -198,10 +228,17 @@ async fn dashboard_crud_round_trip() {
     assert_eq!(a.json["status"], "active");
 
     let item = format!("{DASH}/missions/{id}");
-    let a = s.call("PUT", &item, admin, Some(json!({"name": "t2"}))).await;
+    let a = s
+        .call("PUT", &item, admin, Some(json!({"name": "t2"})))
+        .await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!((a.json["name"].as_str(), a.json["points"].as_i64()), (Some("t2"), Some(10)));
-    let a = s.call("GET", &format!("{APP}/missions/{id}"), as_is, None).await;
+    assert_eq!(
+        (a.json["name"].as_str(), a.json["points"].as_i64()),
+        (Some("t2"), Some(10))
+    );
+    let a = s
+        .call("GET", &format!("{APP}/missions/{id}"), as_is, None)
+        .await;
     assert_eq!(a.json["name"], "t2");
 
     let a = s.call("DELETE", &item, admin, None).await;
@@ -209,7 +246,9 @@ async fn dashboard_crud_round_trip() {
     let a = s.call("DELETE", &item, admin, None).await;
     assert_envelope(&a, 404, "resource/not_found", &item);
     let missing = format!("{DASH}/levels/level-9");
-    let a = s.call("PUT", &missing, admin, Some(json!({"name": "x"}))).await;
+    let a = s
+        .call("PUT", &missing, admin, Some(json!({"name": "x"})))
+        .await;
     assert_envelope(&a, 404, "resource/not_found", &missing);
 }
 
@@ -219,12 +258,20 @@ async fn bad_bodies_are_400_and_huge_ones_413() {
     let p = format!("{DASH}/missions");
     let a = s.call("POST", &p, admin, Some(json!({}))).await;
     assert_envelope(&a, 400, "validation/invalid_input", &p);
-    assert_eq!(a.json["details"], json!([{"field": "name", "message": "is required"}]));
+    assert_eq!(
+        a.json["details"],
+        json!([{"field": "name", "message": "is required"}])
+    );
 
     let mut a = assertion("POST", &p, "ws-demo");
     admin(&mut a);
     let token = sign(&a);
-    for body in [b"{not json".to_vec(), b"[1]".to_vec(), Vec::new(), vec![0xff, 0xfe]] {
+    for body in [
+        b"{not json".to_vec(),
+        b"[1]".to_vec(),
+        Vec::new(),
+        vec![0xff, 0xfe],
+    ] {
         let got = s.raw("POST", &p, Some(&token), body, &[]).await;
         assert_envelope(&got, 400, "validation/invalid_input", &p);
     }
@@ -233,9 +280,13 @@ async fn bad_bodies_are_400_and_huge_ones_413() {
     assert_envelope(&got, 413, "validation/payload_too_large", &p);
 
     let role = format!("{DASH}/users/u-member/role");
-    let a = s.call("PUT", &role, admin, Some(json!({"role": "King"}))).await;
+    let a = s
+        .call("PUT", &role, admin, Some(json!({"role": "King"})))
+        .await;
     assert_envelope(&a, 400, "validation/invalid_input", &role);
-    let a = s.call("PUT", &role, admin, Some(json!({"role": "Manager"}))).await;
+    let a = s
+        .call("PUT", &role, admin, Some(json!({"role": "Manager"})))
+        .await;
     assert_eq!((a.status, a.json["role"].as_str()), (200, Some("Manager")));
 }
 
@@ -253,17 +304,28 @@ async fn premium_content_needs_an_entitled_caller() {
         let a = s.call("GET", &item, entitle, None).await;
         assert_eq!(a.status, 200, "{a:?}");
     }
-    let free = s.call("GET", &format!("{APP}/catalog/item-intro"), as_is, None).await;
+    let free = s
+        .call("GET", &format!("{APP}/catalog/item-intro"), as_is, None)
+        .await;
     assert_eq!(free.status, 200);
 
     let list = format!("{APP}/premium-content");
     let a = s.call("GET", &list, as_is, None).await;
     assert_envelope(&a, 403, "auth/insufficient_permissions", &list);
-    let a = s.call("GET", &format!("{list}/premium-playbook"), |a| a.premium = true, None).await;
+    let a = s
+        .call(
+            "GET",
+            &format!("{list}/premium-playbook"),
+            |a| a.premium = true,
+            None,
+        )
+        .await;
     assert_eq!(a.status, 200);
 
     let catalog = format!("{APP}/catalog");
-    let a = s.call("GET", &format!("{catalog}?tier=premium"), as_is, None).await;
+    let a = s
+        .call("GET", &format!("{catalog}?tier=premium"), as_is, None)
+        .await;
     assert_envelope(&a, 403, "auth/insufficient_permissions", &catalog);
     let a = s.call("GET", &catalog, as_is, None).await;
     let locked = a.json["items"]
@@ -272,12 +334,22 @@ async fn premium_content_needs_an_entitled_caller() {
         .iter()
         .find(|i| i["id"] == "item-masterclass")
         .unwrap();
-    assert_eq!((locked["locked"].as_bool(), locked.get("body")), (Some(true), None));
+    assert_eq!(
+        (locked["locked"].as_bool(), locked.get("body")),
+        (Some(true), None)
+    );
     let a = s
-        .call("GET", &format!("{catalog}?category=onboarding"), as_is, None)
+        .call(
+            "GET",
+            &format!("{catalog}?category=onboarding"),
+            as_is,
+            None,
+        )
         .await;
     assert_eq!(a.json["items"].as_array().unwrap().len(), 1);
-    let a = s.call("GET", &format!("{catalog}?tier=gold"), as_is, None).await;
+    let a = s
+        .call("GET", &format!("{catalog}?tier=gold"), as_is, None)
+        .await;
     assert_envelope(&a, 400, "validation/invalid_input", &catalog);
 }
 
@@ -287,7 +359,13 @@ async fn reports_leaderboards_and_users() {
     let r = format!("{DASH}/departments/engineering/reports");
     let a = s.call("GET", &r, admin, None).await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!((a.json["memberCount"].as_u64(), a.json["totalPoints"].as_i64()), (Some(2), Some(425)));
+    assert_eq!(
+        (
+            a.json["memberCount"].as_u64(),
+            a.json["totalPoints"].as_i64()
+        ),
+        (Some(2), Some(425))
+    );
     let sales = format!("{DASH}/departments/sales/reports");
     let manager = |a: &mut crate::Assertion| a.role = Some("Manager".into());
     let a = s.call("GET", &sales, manager, None).await;
@@ -296,10 +374,24 @@ async fn reports_leaderboards_and_users() {
     let a = s.call("GET", &none, admin, None).await;
     assert_envelope(&a, 404, "resource/not_found", &none);
 
-    let a = s.call("GET", &format!("{APP}/leaderboards/leaderboard-all-time"), as_is, None).await;
+    let a = s
+        .call(
+            "GET",
+            &format!("{APP}/leaderboards/leaderboard-all-time"),
+            as_is,
+            None,
+        )
+        .await;
     assert_eq!(a.json["entries"][0]["userId"], "u-manager");
     assert_eq!(a.json["entries"][0]["rank"], 1);
-    let a = s.call("GET", &format!("{APP}/leaderboards/leaderboard-weekly?limit=1"), as_is, None).await;
+    let a = s
+        .call(
+            "GET",
+            &format!("{APP}/leaderboards/leaderboard-weekly?limit=1"),
+            as_is,
+            None,
+        )
+        .await;
     assert_eq!(a.json["entries"].as_array().unwrap().len(), 1);
     assert!(a.json["nextToken"].is_string());
 
@@ -310,8 +402,13 @@ async fn reports_leaderboards_and_users() {
     let a = s.call("POST", &u, admin, Some(body)).await;
     assert_envelope(&a, 409, "resource/already_exists", &u);
     let a = s.call("GET", &format!("{u}/u-member"), admin, None).await;
-    assert_eq!((a.json["role"].as_str(), a.json["balance"].as_i64()), (Some("Member"), Some(75)));
-    let a = s.call("DELETE", &format!("{u}/u-viewer"), admin, None).await;
+    assert_eq!(
+        (a.json["role"].as_str(), a.json["balance"].as_i64()),
+        (Some("Member"), Some(75))
+    );
+    let a = s
+        .call("DELETE", &format!("{u}/u-viewer"), admin, None)
+        .await;
     assert_eq!(a.status, 204);
 }
 

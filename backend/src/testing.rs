@@ -128,7 +128,11 @@ impl TestServer {
         let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         Answer {
             status: parts.status.as_u16(),
             headers: parts.headers,

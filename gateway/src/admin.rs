@@ -39,7 +39,9 @@ async fn backend_up(upstream: &Upstream) -> bool {
             Upstream::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
         }
     };
-    tokio::time::timeout(Duration::from_millis(500), attempt).await.unwrap_or(false)
+    tokio::time::timeout(Duration::from_millis(500), attempt)
+        .await
+        .unwrap_or(false)
 }
 
 impl Admin {
@@ -64,7 +66,11 @@ impl Admin {
 
     fn policies(&self) -> Response<Vec<u8>> {
         let b = self.authorizer.current();
-        let loaded = b.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let loaded = b
+            .loaded_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         json(
             200,
             serde_json::json!({
@@ -95,7 +101,10 @@ impl ServeHttp for Admin {
                     .body(text.into_bytes())
                     .unwrap_or_default()
             }
-            _ => json(404, serde_json::json!({"code": "resource/not_found", "message": "no such admin endpoint", "status": 404})),
+            _ => json(
+                404,
+                serde_json::json!({"code": "resource/not_found", "message": "no such admin endpoint", "status": 404}),
+            ),
         }
     }
 }

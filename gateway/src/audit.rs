@@ -12,8 +12,16 @@ pub fn record(ctx: &RequestCtx, status: u16) {
         (None, Some(_)) => "reject",
         (None, None) => "none",
     };
-    let reasons = ctx.decision.as_ref().map(|d| d.reasons.join(",")).unwrap_or_default();
-    let errors = ctx.decision.as_ref().map(|d| d.errors.join("; ")).unwrap_or_default();
+    let reasons = ctx
+        .decision
+        .as_ref()
+        .map(|d| d.reasons.join(","))
+        .unwrap_or_default();
+    let errors = ctx
+        .decision
+        .as_ref()
+        .map(|d| d.errors.join("; "))
+        .unwrap_or_default();
     crate::metrics::observe(
         ctx.route.as_deref().unwrap_or(""),
         &ctx.method,

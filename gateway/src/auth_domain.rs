@@ -37,8 +37,13 @@ fn json(status: u16, value: &serde_json::Value) -> HttpAnswer {
 }
 
 fn oauth_error(status: u16, error: &str, description: &str) -> HttpAnswer {
-    let mut answer = json(status, &serde_json::json!({"error": error, "error_description": description}));
-    answer.headers.push(("cache-control".into(), "no-store".into()));
+    let mut answer = json(
+        status,
+        &serde_json::json!({"error": error, "error_description": description}),
+    );
+    answer
+        .headers
+        .push(("cache-control".into(), "no-store".into()));
     answer.headers.push(("pragma".into(), "no-cache".into()));
     answer
 }
@@ -51,7 +56,9 @@ async fn write_answer(session: &mut Session, answer: HttpAnswer, request_id: &st
     resp.insert_header("content-length", answer.body.len().to_string())?;
     respond::decorate(&mut resp, request_id)?;
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(answer.body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(answer.body)), true)
+        .await?;
     Ok(())
 }
 
@@ -70,11 +77,18 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>>
 impl AuthDomain {
     async fn token(&self, issuer: &Arc<Issuer>, session: &mut Session) -> Result<HttpAnswer> {
         let Some(body) = read_body(session, MAX_TOKEN_BODY).await? else {
-            return Ok(oauth_error(413, "invalid_request", "the request body is too large"));
+            return Ok(oauth_error(
+                413,
+                "invalid_request",
+                "the request body is too large",
+            ));
         };
         let req = session.req_header();
         let header = |name: http::header::HeaderName| {
-            req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
         let method = req.method.as_str().to_string();
         let authorization = header(http::header::AUTHORIZATION);
@@ -107,28 +121,46 @@ impl ProxyHttp for AuthDomain {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut AuthCtx) -> Result<bool> {
         ctx.request_id = request_id::accept_or_generate(
-            session.req_header().headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+            session
+                .req_header()
+                .headers
+                .get(request_id::HEADER)
+                .map(|v| v.as_bytes()),
         );
         let path = session.req_header().uri.path().to_string();
         let is_get = session.req_header().method == http::Method::GET;
         let Some(issuer) = &self.issuer else {
-            respond::error(session, &ctx.request_id, &path, &GatewayError::RouteNotFound).await?;
+            respond::error(
+                session,
+                &ctx.request_id,
+                &path,
+                &GatewayError::RouteNotFound,
+            )
+            .await?;
             return Ok(true);
         };
         let answer = match path.as_str() {
             "/oauth2/token" => self.token(issuer, session).await?,
             "/.well-known/jwks.json" if is_get => {
                 let mut a = json(200, &issuer.jwks());
-                a.headers.push(("cache-control".into(), "public, max-age=300".into()));
+                a.headers
+                    .push(("cache-control".into(), "public, max-age=300".into()));
                 a
             }
             "/.well-known/openid-configuration" if is_get => {
                 let mut a = json(200, &issuer.discovery());
-                a.headers.push(("cache-control".into(), "public, max-age=300".into()));
+                a.headers
+                    .push(("cache-control".into(), "public, max-age=300".into()));
                 a
             }
             _ => {
-                respond::error(session, &ctx.request_id, &path, &GatewayError::RouteNotFound).await?;
+                respond::error(
+                    session,
+                    &ctx.request_id,
+                    &path,
+                    &GatewayError::RouteNotFound,
+                )
+                .await?;
                 return Ok(true);
             }
         };
@@ -136,7 +168,14 @@ impl ProxyHttp for AuthDomain {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut AuthCtx) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(ErrorType::InternalError, "the auth domain has no upstream in embedded mode"))
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut AuthCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "the auth domain has no upstream in embedded mode",
+        ))
     }
 }

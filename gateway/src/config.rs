@@ -144,7 +144,6 @@ struct RawForward {
 /// The validated configuration of one `cedargate` process.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub source: PathBuf,
     pub listeners: Listeners,
     pub server: ServerSettings,
     pub log_level: String,
@@ -237,7 +236,12 @@ impl Validator<'_> {
         }
     }
 
-    fn addr(&self, key: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         let text = value.unwrap_or_else(|| default.to_string());
         text.parse()
             .map_err(|_| self.invalid(key, format!("`{text}` is not an IP:port address")))
@@ -252,7 +256,11 @@ impl Validator<'_> {
 
     fn resolve(&self, p: &str) -> PathBuf {
         let p = PathBuf::from(p);
-        if p.is_absolute() { p } else { self.base.join(p) }
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -275,7 +283,10 @@ impl Validator<'_> {
         };
         let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-            return Err(self.invalid("log.level", "must be one of error, warn, info, debug, trace"));
+            return Err(self.invalid(
+                "log.level",
+                "must be one of error, warn, info, debug, trace",
+            ));
         }
         let policies_dir = self.resolve(raw.policies.dir.as_deref().unwrap_or("../policies"));
 
@@ -290,7 +301,9 @@ impl Validator<'_> {
         let backend = match raw.backend.mode.as_deref().unwrap_or("embedded") {
             "embedded" => {
                 if raw.backend.address.is_some() {
-                    return Err(self.invalid("backend.address", "only valid with mode = \"external\""));
+                    return Err(
+                        self.invalid("backend.address", "only valid with mode = \"external\"")
+                    );
                 }
                 BackendTarget::Embedded {
                     socket: PathBuf::from(raw.backend.socket.as_deref().unwrap_or("backend.sock")),
@@ -298,7 +311,9 @@ impl Validator<'_> {
             }
             "external" => {
                 let Some(address) = raw.backend.address else {
-                    return Err(self.invalid("backend.address", "required with mode = \"external\""));
+                    return Err(
+                        self.invalid("backend.address", "required with mode = \"external\"")
+                    );
                 };
                 BackendTarget::External {
                     address: self.addr("backend.address", Some(address), "")?,
@@ -316,7 +331,6 @@ impl Validator<'_> {
             return Err(self.invalid("forward.assertion_ttl_seconds", "must be between 1 and 300"));
         }
         Ok(Config {
-            source: self.path.to_path_buf(),
             listeners,
             server,
             log_level,
@@ -366,7 +380,10 @@ impl Validator<'_> {
         let mut trusted_issuers = Vec::new();
         for (i, t) in raw.trusted_issuers.into_iter().enumerate() {
             if t.issuer.is_empty() {
-                return Err(self.invalid(&format!("authn.trusted_issuers[{i}].issuer"), "must not be empty"));
+                return Err(self.invalid(
+                    &format!("authn.trusted_issuers[{i}].issuer"),
+                    "must not be empty",
+                ));
             }
             trusted_issuers.push(TrustedIssuer {
                 issuer: t.issuer,
@@ -408,7 +425,10 @@ impl Validator<'_> {
                 return Err(self.invalid(&key("client_id"), "must be non-empty and contain no ':'"));
             }
             if !seen.insert(c.client_id.clone()) {
-                return Err(self.invalid(&key("client_id"), format!("duplicate client `{}`", c.client_id)));
+                return Err(self.invalid(
+                    &key("client_id"),
+                    format!("duplicate client `{}`", c.client_id),
+                ));
             }
             if !c.secret_hash.starts_with("$argon2") {
                 return Err(self.invalid(
@@ -416,8 +436,14 @@ impl Validator<'_> {
                     "must be an argon2 PHC hash (make one with `cedargate hash-secret`), never a plaintext secret",
                 ));
             }
-            if c.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-                return Err(self.invalid(&key("scopes"), "scopes must be non-empty and contain no spaces"));
+            if c.scopes
+                .iter()
+                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                return Err(self.invalid(
+                    &key("scopes"),
+                    "scopes must be non-empty and contain no spaces",
+                ));
             }
             clients.push(ClientConfig {
                 client_id: c.client_id,
@@ -434,7 +460,8 @@ impl Validator<'_> {
             token_ttl_seconds,
             clients,
         };
-        cfg.check().map_err(|e| self.invalid("issuer.clients", e.to_string()))?;
+        cfg.check()
+            .map_err(|e| self.invalid("issuer.clients", e.to_string()))?;
         Ok(Some(cfg))
     }
 }
@@ -459,21 +486,30 @@ mod tests {
     fn unknown_key_is_named() {
         let e = parse("bogus_key = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus_key"), "{e}");
-        let e = parse("[authn]\nleway_seconds = 1\n").unwrap_err().to_string();
+        let e = parse("[authn]\nleway_seconds = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("leway_seconds"), "{e}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let e = parse("[listeners]\napi = \"nope\"\n").unwrap_err().to_string();
-        assert!(e.contains("listeners.api"), "{e}");
-        let e = parse("[authn]\nalgorithms = [\"HS256\"]\n").unwrap_err().to_string();
-        assert!(e.contains("authn.algorithms"), "{e}");
-        let e = parse("[authn]\nleeway_seconds = 61\n").unwrap_err().to_string();
-        assert!(e.contains("leeway_seconds"), "{e}");
-        let e = parse("[[issuer.clients]]\nclient_id = \"a\"\nsecret_hash = \"plain\"\nscopes = []\n")
+        let e = parse("[listeners]\napi = \"nope\"\n")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("listeners.api"), "{e}");
+        let e = parse("[authn]\nalgorithms = [\"HS256\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authn.algorithms"), "{e}");
+        let e = parse("[authn]\nleeway_seconds = 61\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("leeway_seconds"), "{e}");
+        let e =
+            parse("[[issuer.clients]]\nclient_id = \"a\"\nsecret_hash = \"plain\"\nscopes = []\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("secret_hash"), "{e}");
     }
 }

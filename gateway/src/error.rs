@@ -66,8 +66,12 @@ impl GatewayError {
             Self::MissingToken => "an access token is required (Authorization: Bearer <token>)",
             Self::InvalidToken(why) => why,
             Self::ExpiredToken => "the access token has expired",
-            Self::TokenInQuery => "access tokens are not accepted in the query string; use the Authorization header",
-            Self::IssuerUnavailable => "no signing keys are available to verify tokens; try again later",
+            Self::TokenInQuery => {
+                "access tokens are not accepted in the query string; use the Authorization header"
+            }
+            Self::IssuerUnavailable => {
+                "no signing keys are available to verify tokens; try again later"
+            }
             Self::InvalidPath(why) => why,
             Self::RouteNotFound => "no such route",
             Self::Forbidden => "the caller is not allowed to perform this action",
@@ -144,7 +148,17 @@ mod tests {
 
     #[test]
     fn challenge_only_names_an_error_when_a_token_was_sent() {
-        assert!(!GatewayError::MissingToken.www_authenticate().unwrap().contains("error="));
-        assert!(GatewayError::ExpiredToken.www_authenticate().unwrap().contains("invalid_token"));
+        assert!(
+            !GatewayError::MissingToken
+                .www_authenticate()
+                .unwrap()
+                .contains("error=")
+        );
+        assert!(
+            GatewayError::ExpiredToken
+                .www_authenticate()
+                .unwrap()
+                .contains("invalid_token")
+        );
     }
 }

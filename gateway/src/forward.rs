@@ -11,7 +11,13 @@ use pingora::http::RequestHeader;
 use crate::authn::Identity;
 
 /// Header prefixes and names that only the gateway may set.
-const IDENTITY_HEADER_PREFIXES: &[&str] = &["x-cedargate-", "x-identity-", "x-principal-", "x-amzn-oidc-", "x-auth-"];
+const IDENTITY_HEADER_PREFIXES: &[&str] = &[
+    "x-cedargate-",
+    "x-identity-",
+    "x-principal-",
+    "x-amzn-oidc-",
+    "x-auth-",
+];
 const IDENTITY_HEADERS: &[&str] = &[
     "authorization",
     "x-user-id",
@@ -39,14 +45,23 @@ pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<Vec<u8>> {
     let path = data_dir.join("assertion.key");
     match std::fs::read(&path) {
         Ok(bytes) if bytes.len() >= 32 => return Ok(bytes),
-        Ok(_) => return Err(std::io::Error::other(format!("{} is too short", path.display()))),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is too short",
+                path.display()
+            )));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let mut secret = vec![0u8; 32];
     rand::fill(&mut secret[..]);
     let tmp = data_dir.join(format!("assertion.key.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(&secret)?;
     f.sync_all()?;
     // hard_link fails if another process created the key first: then use theirs.
@@ -121,7 +136,8 @@ pub fn strip_identity_headers(req: &mut RequestHeader) {
         .keys()
         .filter(|name| {
             let n = name.as_str();
-            IDENTITY_HEADERS.contains(&n) || IDENTITY_HEADER_PREFIXES.iter().any(|p| n.starts_with(p))
+            IDENTITY_HEADERS.contains(&n)
+                || IDENTITY_HEADER_PREFIXES.iter().any(|p| n.starts_with(p))
         })
         .cloned()
         .collect();
@@ -131,7 +147,11 @@ pub fn strip_identity_headers(req: &mut RequestHeader) {
 }
 
 /// Set the assertion and the convenience headers on the upstream request.
-pub fn add_identity_headers(req: &mut RequestHeader, identity: &Identity, assertion: &str) -> pingora::Result<()> {
+pub fn add_identity_headers(
+    req: &mut RequestHeader,
+    identity: &Identity,
+    assertion: &str,
+) -> pingora::Result<()> {
     req.insert_header(backend::ASSERTION_HEADER, assertion)?;
     req.insert_header("x-cedargate-principal-id", sanitize(&identity.principal_id))?;
     if let Some(ws) = &identity.workspace_id {
@@ -151,7 +171,10 @@ pub fn add_identity_headers(req: &mut RequestHeader, identity: &Identity, assert
 
 /// Claim values are attacker-influenced: keep header values to visible ASCII.
 fn sanitize(v: &str) -> String {
-    v.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(256).collect()
+    v.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(256)
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,7 +184,14 @@ mod tests {
     #[test]
     fn identity_headers_are_stripped() {
         let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
-        for h in ["X-Cedargate-Assertion", "x-cedargate-role", "X-User-Id", "Authorization", "X-Forwarded-User", "Accept"] {
+        for h in [
+            "X-Cedargate-Assertion",
+            "x-cedargate-role",
+            "X-User-Id",
+            "Authorization",
+            "X-Forwarded-User",
+            "Accept",
+        ] {
             req.insert_header(h, "v").unwrap();
         }
         strip_identity_headers(&mut req);
@@ -176,7 +206,10 @@ mod tests {
         let a = load_or_create_secret(dir.path()).unwrap();
         let b = load_or_create_secret(dir.path()).unwrap();
         assert_eq!(a, b);
-        let mode = std::fs::metadata(dir.path().join("assertion.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("assertion.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -27,7 +27,11 @@ use crate::config::Config;
 const DEFAULT_CONFIG: &str = "config/cedargate.toml";
 
 #[derive(Parser)]
-#[command(name = "cedargate", version, about = "Policy-driven authorization and identity gateway")]
+#[command(
+    name = "cedargate",
+    version,
+    about = "Policy-driven authorization and identity gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,18 +153,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token {
-            command: TokenCommand::Mint { common, claims, ttl },
+            command:
+                TokenCommand::Mint {
+                    common,
+                    claims,
+                    ttl,
+                },
         } => {
             let config = Config::load(&common.config)?;
-            let claims: serde_json::Value =
-                serde_json::from_str(&claims).map_err(|e| anyhow::anyhow!("--claims is not valid JSON: {e}"))?;
+            let claims: serde_json::Value = serde_json::from_str(&claims)
+                .map_err(|e| anyhow::anyhow!("--claims is not valid JSON: {e}"))?;
             let serde_json::Value::Object(claims) = claims else {
                 anyhow::bail!("--claims must be a JSON object");
             };
             serve::prepare_data_dir(&common.data_dir)?;
-            let issuer = serve::open_issuer(&config, &common.data_dir)?
-                .ok_or_else(|| anyhow::anyhow!("the embedded issuer is disabled in {}", common.config.display()))?;
-            println!("{}", issuer.mint(claims, ttl).map_err(|e| anyhow::anyhow!("{e}"))?);
+            let issuer = serve::open_issuer(&config, &common.data_dir)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the embedded issuer is disabled in {}",
+                    common.config.display()
+                )
+            })?;
+            println!(
+                "{}",
+                issuer
+                    .mint(claims, ttl)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+            );
             Ok(())
         }
         Command::HashSecret => {
@@ -170,7 +188,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if secret.is_empty() {
                 anyhow::bail!("give the secret on stdin");
             }
-            println!("{}", token_proxy::hash_secret(secret).map_err(|e| anyhow::anyhow!("{e}"))?);
+            println!(
+                "{}",
+                token_proxy::hash_secret(secret).map_err(|e| anyhow::anyhow!("{e}"))?
+            );
             Ok(())
         }
     }

@@ -3,7 +3,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The process's metric registry.
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -11,7 +13,10 @@ pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 /// Requests by route template, method, status and decision.
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
-        Opts::new("cedargate_requests_total", "API requests by route, method, status and decision"),
+        Opts::new(
+            "cedargate_requests_total",
+            "API requests by route, method, status and decision",
+        ),
         &["route", "method", "status", "decision"],
     )
     .expect("valid metric");
@@ -22,8 +27,13 @@ pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// End-to-end request latency by route template.
 pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     let h = HistogramVec::new(
-        HistogramOpts::new("cedargate_request_duration_seconds", "API request latency, end to end")
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        HistogramOpts::new(
+            "cedargate_request_duration_seconds",
+            "API request latency, end to end",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
         &["route"],
     )
     .expect("valid metric");

@@ -96,7 +96,10 @@ impl Gateway {
 
         // Stage 4: authentication.
         let t = Instant::now();
-        let authorization = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
         let token = bearer_token(authorization).map_err(|e| e.into_gateway())?;
         let verified = self.verifier.verify(token).await;
         ctx.authn = t.elapsed();
@@ -147,7 +150,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = request_id::accept_or_generate(
-            session.req_header().headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+            session
+                .req_header()
+                .headers
+                .get(request_id::HEADER)
+                .map(|v| v.as_bytes()),
         );
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
@@ -159,7 +166,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let peer = match &self.upstream {
             Upstream::Unix(path) => HttpPeer::new_uds(path, false, String::new())?,
             Upstream::Tcp(addr) => HttpPeer::new(*addr, false, String::new()),
@@ -174,14 +185,24 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::strip_identity_headers(upstream);
-        let identity = ctx
-            .identity
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "forwarding without an identity"))?;
+        let identity = ctx.identity.as_ref().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "forwarding without an identity")
+        })?;
         let assertion = self
             .signer
-            .sign(identity, ctx.impersonated.as_deref(), &ctx.method, &ctx.path, &ctx.request_id)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cannot sign the identity assertion"))?;
+            .sign(
+                identity,
+                ctx.impersonated.as_deref(),
+                &ctx.method,
+                &ctx.path,
+                &ctx.request_id,
+            )
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    "cannot sign the identity assertion",
+                )
+            })?;
         forward::add_identity_headers(upstream, identity, &assertion)?;
         upstream.insert_header(request_id::HEADER, &ctx.request_id)?;
         ctx.upstream_started = Some(Instant::now());
@@ -205,7 +226,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
     where
         RequestCtx: Send + Sync,
     {

@@ -18,7 +18,8 @@ pub fn accept_or_generate(inbound: Option<&[u8]>) -> String {
 fn is_well_formed(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= MAX_LEN
-        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[cfg(test)]
@@ -28,7 +29,13 @@ mod tests {
     #[test]
     fn keeps_good_ids_and_replaces_bad_ones() {
         assert_eq!(accept_or_generate(Some(b"abc-123")), "abc-123");
-        for bad in [&b""[..], b"has space", b"new\nline", &[b'a'; 129][..], b"<script>"] {
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"new\nline",
+            &[b'a'; 129][..],
+            b"<script>",
+        ] {
             let id = accept_or_generate(Some(bad));
             assert_ne!(id.as_bytes(), bad);
             assert_eq!(id.len(), 36);

@@ -49,7 +49,12 @@ pub fn json_response(status: u16, body_len: usize, request_id: &str) -> Result<R
 }
 
 /// Answer with the error envelope (and its `WWW-Authenticate` challenge, if any).
-pub async fn error(session: &mut Session, request_id: &str, path: &str, err: &GatewayError) -> Result<()> {
+pub async fn error(
+    session: &mut Session,
+    request_id: &str,
+    path: &str,
+    err: &GatewayError,
+) -> Result<()> {
     let body = envelope(err, request_id, path);
     let mut resp = json_response(err.status(), body.len(), request_id)?;
     if let Some(challenge) = err.www_authenticate() {

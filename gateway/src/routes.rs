@@ -5,8 +5,6 @@
 //! characters) is rejected outright rather than normalised, so the gateway and the backend can
 //! never disagree about which resource a request names.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
 use crate::error::GatewayError;
@@ -77,13 +75,6 @@ struct RawRoute {
 }
 
 impl RouteTable {
-    /// Load and check `routes.toml`.
-    pub fn load(path: &Path) -> Result<RouteTable, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
     /// Parse and check route-table text.
     pub fn parse(text: &str) -> Result<RouteTable, String> {
         let raw: RawTable = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -96,7 +87,8 @@ impl RouteTable {
                 .method
                 .parse()
                 .map_err(|_| format!("routes[{i}]: bad method `{}`", r.method))?;
-            let segments = parse_template(&r.path).map_err(|e| format!("routes[{i}] `{}`: {e}", r.path))?;
+            let segments =
+                parse_template(&r.path).map_err(|e| format!("routes[{i}] `{}`: {e}", r.path))?;
             let params: Vec<&str> = segments
                 .iter()
                 .filter_map(|s| match s {
@@ -105,7 +97,10 @@ impl RouteTable {
                 })
                 .collect();
             if !params.contains(&"workspaceId") {
-                return Err(format!("routes[{i}] `{}`: every route needs {{workspaceId}}", r.path));
+                return Err(format!(
+                    "routes[{i}] `{}`: every route needs {{workspaceId}}",
+                    r.path
+                ));
             }
             let resource_param = if r.resource == "Workspace" {
                 None
@@ -210,23 +205,37 @@ pub fn split_path(raw: &str) -> Result<Vec<String>, GatewayError> {
     let bytes = raw.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'\\' {
-            return Err(GatewayError::InvalidPath("backslashes are not allowed in paths"));
+            return Err(GatewayError::InvalidPath(
+                "backslashes are not allowed in paths",
+            ));
         }
         if b < 0x20 || b == 0x7f {
-            return Err(GatewayError::InvalidPath("control characters are not allowed in paths"));
+            return Err(GatewayError::InvalidPath(
+                "control characters are not allowed in paths",
+            ));
         }
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
                 return Err(GatewayError::InvalidPath("malformed percent-encoding"));
             };
             match value {
                 b'.' | b'/' | b'\\' => {
-                    return Err(GatewayError::InvalidPath("encoded '.', '/' or '\\' is not allowed in paths"));
+                    return Err(GatewayError::InvalidPath(
+                        "encoded '.', '/' or '\\' is not allowed in paths",
+                    ));
                 }
-                b'%' => return Err(GatewayError::InvalidPath("double percent-encoding is not allowed in paths")),
+                b'%' => {
+                    return Err(GatewayError::InvalidPath(
+                        "double percent-encoding is not allowed in paths",
+                    ));
+                }
                 v if v < 0x20 || v == 0x7f => {
-                    return Err(GatewayError::InvalidPath("control characters are not allowed in paths"));
+                    return Err(GatewayError::InvalidPath(
+                        "control characters are not allowed in paths",
+                    ));
                 }
                 _ => {}
             }
@@ -237,16 +246,22 @@ pub fn split_path(raw: &str) -> Result<Vec<String>, GatewayError> {
     let mut out = Vec::with_capacity(raw_segments.len());
     for (i, seg) in raw_segments.into_iter().enumerate() {
         if seg.is_empty() && i != last {
-            return Err(GatewayError::InvalidPath("empty path segments ('//') are not allowed"));
+            return Err(GatewayError::InvalidPath(
+                "empty path segments ('//') are not allowed",
+            ));
         }
         if seg == "." || seg == ".." {
-            return Err(GatewayError::InvalidPath("'.' and '..' segments are not allowed"));
+            return Err(GatewayError::InvalidPath(
+                "'.' and '..' segments are not allowed",
+            ));
         }
         let decoded = percent_encoding::percent_decode_str(seg)
             .decode_utf8()
             .map_err(|_| GatewayError::InvalidPath("path segments must be UTF-8"))?;
         if decoded.chars().any(char::is_control) {
-            return Err(GatewayError::InvalidPath("control characters are not allowed in paths"));
+            return Err(GatewayError::InvalidPath(
+                "control characters are not allowed in paths",
+            ));
         }
         out.push(decoded.into_owned());
     }
@@ -258,7 +273,11 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/routes.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/routes.toml"
+        ))
+        .unwrap();
         RouteTable::parse(&text).unwrap()
     }
 
@@ -296,7 +315,10 @@ mod tests {
 
     #[test]
     fn ordinary_paths_decode() {
-        assert_eq!(seg("/app/v1/workspaces/ws%20a/missions"), ["app", "v1", "workspaces", "ws a", "missions"]);
+        assert_eq!(
+            seg("/app/v1/workspaces/ws%20a/missions"),
+            ["app", "v1", "workspaces", "ws a", "missions"]
+        );
         assert_eq!(seg("/a/b/"), ["a", "b", ""]);
     }
 
@@ -304,22 +326,49 @@ mod tests {
     fn matching_is_exact_and_case_sensitive() {
         let t = table();
         let get = http::Method::GET;
-        let m = t.find(&get, &seg("/app/v1/workspaces/ws-demo/missions/mission-1")).unwrap();
+        let m = t
+            .find(&get, &seg("/app/v1/workspaces/ws-demo/missions/mission-1"))
+            .unwrap();
         let route = &t.routes[m.route_index];
-        assert_eq!(route.action, "get /app/v1/workspaces/{workspaceId}/missions/{missionId}");
+        assert_eq!(
+            route.action,
+            "get /app/v1/workspaces/{workspaceId}/missions/{missionId}"
+        );
         assert_eq!(route.resource_param.as_deref(), Some("missionId"));
         assert_eq!(m.param("workspaceId"), Some("ws-demo"));
         assert_eq!(m.param("missionId"), Some("mission-1"));
-        assert!(t.find(&get, &seg("/APP/v1/workspaces/ws-demo/missions")).is_none());
-        assert!(t.find(&get, &seg("/app/v1/workspaces/ws-demo/missions/")).is_none());
-        assert!(t.find(&http::Method::PATCH, &seg("/app/v1/workspaces/ws-demo/missions")).is_none());
-        let del = t.find(&http::Method::DELETE, &seg("/dashboard/v1/workspaces/ws-demo")).unwrap();
+        assert!(
+            t.find(&get, &seg("/APP/v1/workspaces/ws-demo/missions"))
+                .is_none()
+        );
+        assert!(
+            t.find(&get, &seg("/app/v1/workspaces/ws-demo/missions/"))
+                .is_none()
+        );
+        assert!(
+            t.find(
+                &http::Method::PATCH,
+                &seg("/app/v1/workspaces/ws-demo/missions")
+            )
+            .is_none()
+        );
+        let del = t
+            .find(
+                &http::Method::DELETE,
+                &seg("/dashboard/v1/workspaces/ws-demo"),
+            )
+            .unwrap();
         assert_eq!(t.routes[del.route_index].resource_type, "Workspace");
     }
 
     #[test]
     fn bad_tables_are_refused() {
-        assert!(RouteTable::parse("roles=[\"A\"]\n[[routes]]\nmethod=\"GET\"\npath=\"/x\"\nresource=\"Workspace\"\n").is_err());
+        assert!(
+            RouteTable::parse(
+                "roles=[\"A\"]\n[[routes]]\nmethod=\"GET\"\npath=\"/x\"\nresource=\"Workspace\"\n"
+            )
+            .is_err()
+        );
         assert!(RouteTable::parse("roles=[]\nroutes=[]\n").is_err());
         let dup = "roles=[\"A\"]\n[[routes]]\nmethod=\"GET\"\npath=\"/w/{workspaceId}\"\nresource=\"Workspace\"\n[[routes]]\nmethod=\"GET\"\npath=\"/w/{workspaceId}\"\nresource=\"Workspace\"\n";
         assert!(RouteTable::parse(dup).unwrap_err().contains("duplicate"));

@@ -45,7 +45,8 @@ pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 pub fn open_issuer(config: &Config, data_dir: &Path) -> anyhow::Result<Option<Arc<Issuer>>> {
     match &config.issuer {
         Some(cfg) => Ok(Some(Arc::new(
-            Issuer::open(cfg.clone(), data_dir).map_err(|e| anyhow::anyhow!("embedded issuer: {e}"))?,
+            Issuer::open(cfg.clone(), data_dir)
+                .map_err(|e| anyhow::anyhow!("embedded issuer: {e}"))?,
         ))),
         None => Ok(None),
     }
@@ -131,14 +132,21 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             jwks_uri: t.jwks_uri.clone(),
         });
     }
-    let keys = KeyRing::new(sources, Duration::from_secs(config.authn.jwks_refetch_interval_seconds));
+    let keys = KeyRing::new(
+        sources,
+        Duration::from_secs(config.authn.jwks_refetch_interval_seconds),
+    );
     let verifier = Arc::new(Verifier::new(config.authn.clone(), keys));
 
     let secret = forward::load_or_create_secret(&data_dir)
         .map_err(|e| anyhow::anyhow!("assertion key in {}: {e}", data_dir.display()))?;
     let upstream = match &config.backend {
         BackendTarget::Embedded { socket } => {
-            let path = if socket.is_absolute() { socket.clone() } else { data_dir.join(socket) };
+            let path = if socket.is_absolute() {
+                socket.clone()
+            } else {
+                data_dir.join(socket)
+            };
             backend::spawn(backend::BackendConfig {
                 data_dir: data_dir.clone(),
                 listen: backend::Listen::Unix(path.clone()),
@@ -154,8 +162,14 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
-        pid_file: data_dir.join("cedargate.pid").to_string_lossy().into_owned(),
-        upgrade_sock: data_dir.join("cedargate-upgrade.sock").to_string_lossy().into_owned(),
+        pid_file: data_dir
+            .join("cedargate.pid")
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: data_dir
+            .join("cedargate-upgrade.sock")
+            .to_string_lossy()
+            .into_owned(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -171,7 +185,8 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
     api.add_tcp(&config.listeners.api.to_string());
 
-    let mut auth = pingora::proxy::http_proxy_service_with_name(&conf, AuthDomain { issuer }, "auth");
+    let mut auth =
+        pingora::proxy::http_proxy_service_with_name(&conf, AuthDomain { issuer }, "auth");
     auth.add_tcp(&config.listeners.auth.to_string());
 
     let mut admin = Service::new(
@@ -187,7 +202,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     server.add_service(api);
     server.add_service(auth);
     server.add_service(admin);
-    server.add_service(background_service("jwks refresh", JwksRefresher { verifier }));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresher { verifier },
+    ));
     tracing::info!(
         api = %config.listeners.api,
         auth = %config.listeners.auth,

@@ -32,7 +32,12 @@ pub async fn list(store: &dyn Store, cx: &Ctx, collection: &str) -> Result<Reply
 }
 
 /// One document, or 404.
-pub async fn get(store: &dyn Store, cx: &Ctx, collection: &str, id: &str) -> Result<Reply, ApiError> {
+pub async fn get(
+    store: &dyn Store,
+    cx: &Ctx,
+    collection: &str,
+    id: &str,
+) -> Result<Reply, ApiError> {
     Reply::ok(fetch(store, cx, collection, id).await?)
 }
 
@@ -81,7 +86,10 @@ pub async fn insert(
 ) -> Result<Reply, ApiError> {
     let id = str_of(&doc, "id").unwrap_or_default().to_owned();
     if !store.insert(&cx.ws, collection, &id, doc.clone()).await? {
-        return Err(ApiError::Conflict(format!("{} '{id}' already exists", noun(collection))));
+        return Err(ApiError::Conflict(format!(
+            "{} '{id}' already exists",
+            noun(collection)
+        )));
     }
     Reply::created(doc)
 }
@@ -214,7 +222,8 @@ pub fn level_for(levels: &[(String, Value)], balance: i64) -> Value {
         .iter()
         .filter(|(_, doc)| threshold(doc) <= balance)
         .max_by_key(|(id, doc)| (threshold(doc), id.clone()))
-        .map_or(Value::Null, |(id, doc)| {
-            json!({"id": id, "name": doc.get("name"), "threshold": threshold(doc)})
-        })
+        .map_or(
+            Value::Null,
+            |(id, doc)| json!({"id": id, "name": doc.get("name"), "threshold": threshold(doc)}),
+        )
 }

@@ -204,7 +204,10 @@ fn decode_token(token: &str) -> Option<String> {
     }
     let bytes = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()?;
     String::from_utf8(bytes).ok()
 }
@@ -217,7 +220,9 @@ pub fn body_object(cx: &Ctx) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(&cx.body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::invalid("the body must be a JSON object")),
-        Err(e) => Err(ApiError::invalid(format!("the body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::invalid(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 

@@ -44,7 +44,12 @@ pub async fn mine(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
         .filter(|doc| str_of(doc, "userId") == Some(user))
         .collect();
     ledger.sort_by(|a, b| {
-        let key = |d: &Value| (str_of(d, "createdAt").map(str::to_owned), str_of(d, "id").map(str::to_owned));
+        let key = |d: &Value| {
+            (
+                str_of(d, "createdAt").map(str::to_owned),
+                str_of(d, "id").map(str::to_owned),
+            )
+        };
         key(b).cmp(&key(a))
     });
     ledger.truncate(LEDGER_SHOWN);
@@ -111,14 +116,24 @@ async fn ledger_write(
     cx: &Ctx,
     body: &serde_json::Map<String, Value>,
 ) -> Result<Reply, ApiError> {
-    let user = body.get("userId").and_then(Value::as_str).unwrap_or_default();
+    let user = body
+        .get("userId")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let points = body.get("points").and_then(Value::as_i64).unwrap_or(0);
-    let reason = body.get("reason").and_then(Value::as_str).unwrap_or_default();
+    let reason = body
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     Reply::created(credit(store, &cx.ws, user, points, reason, None).await?)
 }
 
 /// `POST missions/{missionId}/complete`: record the caller's completion and award the points.
-pub async fn complete_mission(store: &dyn Store, cx: &Ctx, mission_id: &str) -> Result<Reply, ApiError> {
+pub async fn complete_mission(
+    store: &dyn Store,
+    cx: &Ctx,
+    mission_id: &str,
+) -> Result<Reply, ApiError> {
     optional_body(cx)?;
     let user = cx.caller.user_id();
     let mission = fetch(store, cx, store::MISSIONS, mission_id).await?;
@@ -128,14 +143,21 @@ pub async fn complete_mission(store: &dyn Store, cx: &Ctx, mission_id: &str) -> 
             message: format!("mission '{mission_id}' is not active"),
         });
     }
-    let points = mission.get("points").and_then(Value::as_i64).unwrap_or(0).max(0);
+    let points = mission
+        .get("points")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .max(0);
     let completed_at = crate::clock::now();
     let key = store::completion_id(user, mission_id);
     let record = json!({
         "missionId": mission_id, "userId": user,
         "completedAt": completed_at, "pointsAwarded": points,
     });
-    if !store.insert(&cx.ws, store::COMPLETIONS, &key, record.clone()).await? {
+    if !store
+        .insert(&cx.ws, store::COMPLETIONS, &key, record.clone())
+        .await?
+    {
         return Err(ApiError::Conflict(format!(
             "mission '{mission_id}' is already completed by this user"
         )));
@@ -150,14 +172,20 @@ pub async fn complete_mission(store: &dyn Store, cx: &Ctx, mission_id: &str) -> 
     };
     let mut out = record;
     if let Some(map) = out.as_object_mut() {
-        map.insert("balance".into(), entry.get("balance").cloned().unwrap_or(Value::Null));
+        map.insert(
+            "balance".into(),
+            entry.get("balance").cloned().unwrap_or(Value::Null),
+        );
     }
     Reply::created(out)
 }
 
 fn period_param(cx: &Ctx) -> Result<Option<&str>, ApiError> {
     match cx.query.get("period") {
-        Some(p) if !PERIODS.contains(&p) => Err(ApiError::field("period", "must be one of: weekly, all-time")),
+        Some(p) if !PERIODS.contains(&p) => Err(ApiError::field(
+            "period",
+            "must be one of: weekly, all-time",
+        )),
         other => Ok(other),
     }
 }
@@ -195,7 +223,11 @@ pub async fn leaderboard(store: &dyn Store, cx: &Ctx, id: &str) -> Result<Reply,
 
 /// Ranked entries keyed by zero-padded rank: all-time from balances, weekly from the ledger of
 /// the last seven days. Ties share no rank; they are ordered by user id.
-async fn standings(store: &dyn Store, ws: &str, period: &str) -> Result<Vec<(String, Value)>, ApiError> {
+async fn standings(
+    store: &dyn Store,
+    ws: &str,
+    period: &str,
+) -> Result<Vec<(String, Value)>, ApiError> {
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     if period == "weekly" {
         let since = crate::clock::days_ago(7);

@@ -122,4 +122,3 @@ pub async fn delete_workspace(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiE
     tracing::info!(workspace = %cx.ws, documents = n, by = %cx.caller.sub, "workspace deleted");
     Reply::no_content()
 }
-

@@ -278,7 +278,9 @@ fn text(v: &Value, max: usize, non_blank: bool) -> Result<String, String> {
     if s.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+    if s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
         return Err("must not contain control characters".to_owned());
     }
     Ok(s.to_owned())
@@ -295,14 +297,21 @@ mod tests {
 
     fn fields(r: Result<Map<String, Value>, ApiError>) -> Vec<String> {
         match r {
-            Err(ApiError::Invalid { details, .. }) => details.into_iter().map(|d| d.field).collect(),
+            Err(ApiError::Invalid { details, .. }) => {
+                details.into_iter().map(|d| d.field).collect()
+            }
             other => panic!("expected 400, got {other:?}"),
         }
     }
 
     #[test]
     fn create_fills_defaults_and_requires_fields() {
-        let m = check(obj(json!({"name": "t", "points": 10})), MISSION, Mode::Create).unwrap();
+        let m = check(
+            obj(json!({"name": "t", "points": 10})),
+            MISSION,
+            Mode::Create,
+        )
+        .unwrap();
         assert_eq!(m["status"], "active");
         assert_eq!(m["targetCount"], 1);
         assert_eq!(fields(check(Map::new(), MISSION, Mode::Create)), ["name"]);
@@ -333,8 +342,14 @@ mod tests {
     #[test]
     fn emails_and_roles() {
         let ok = json!({"name": "t", "email": "t@example.com"});
-        assert_eq!(check(obj(ok), USER, Mode::Create).unwrap()["role"], "Member");
+        assert_eq!(
+            check(obj(ok), USER, Mode::Create).unwrap()["role"],
+            "Member"
+        );
         let bad = json!({"name": "t", "email": "nope", "role": "God"});
-        assert_eq!(fields(check(obj(bad), USER, Mode::Create)), ["email", "role"]);
+        assert_eq!(
+            fields(check(obj(bad), USER, Mode::Create)),
+            ["email", "role"]
+        );
     }
 }

@@ -167,7 +167,10 @@ fn remove(docs: &mut Docs, ws: &str, c: &str, id: &str) -> Option<Value> {
 }
 
 fn count(docs: &Docs) -> usize {
-    docs.values().flat_map(|c| c.values()).map(BTreeMap::len).sum()
+    docs.values()
+        .flat_map(|c| c.values())
+        .map(BTreeMap::len)
+        .sum()
 }
 
 fn replay(bytes: &[u8]) -> Result<Docs, StoreError> {

@@ -14,7 +14,10 @@ fn doc(ws: &str, c: &str, id: &str, body: Value) -> Document {
 }
 
 fn open(dir: &Path) -> EmbeddedStore {
-    EmbeddedStore::open(dir, || vec![doc("ws-a", "things", "seeded", json!({"n": 0}))]).unwrap()
+    EmbeddedStore::open(dir, || {
+        vec![doc("ws-a", "things", "seeded", json!({"n": 0}))]
+    })
+    .unwrap()
 }
 
 #[tokio::test]
@@ -27,9 +30,14 @@ async fn writes_survive_a_reopen_and_the_seed_is_applied_once() {
         s.put("ws-a", "things", "x", json!({"v": 1})).await.unwrap();
         s.put("ws-a", "things", "y", json!({"v": 2})).await.unwrap();
         assert!(s.delete("ws-a", "things", "seeded").await.unwrap());
-        s.merge("ws-a", "things", "x", json!({"w": 3}).as_object().unwrap().clone())
-            .await
-            .unwrap();
+        s.merge(
+            "ws-a",
+            "things",
+            "x",
+            json!({"w": 3}).as_object().unwrap().clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             s.add_to_field("ws-a", "bal", "u", "balance", 5, 0)
                 .await

@@ -76,7 +76,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, ws: &str, collection: &str, id: &str) -> Result<Option<Value>, StoreError>;
 
     /// Create or replace the document at the key.
-    async fn put(&self, ws: &str, collection: &str, id: &str, doc: Value) -> Result<(), StoreError>;
+    async fn put(&self, ws: &str, collection: &str, id: &str, doc: Value)
+    -> Result<(), StoreError>;
 
     /// Create the document only if the key is free; `false` when it already exists.
     async fn insert(

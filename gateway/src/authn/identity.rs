@@ -29,11 +29,23 @@ pub struct Identity {
 impl Identity {
     /// Build from verified claims. Non-string values of string claims are ignored.
     pub fn from_claims(claims: &Map<String, Value>) -> Option<Identity> {
-        let s = |k: &str| claims.get(k).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_string);
-        let principal_id = s("identityId").or_else(|| s("sub")).or_else(|| s("client_id"))?;
+        let s = |k: &str| {
+            claims
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let principal_id = s("identityId")
+            .or_else(|| s("sub"))
+            .or_else(|| s("client_id"))?;
         let scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
             Some(Value::String(text)) => text.split_whitespace().map(str::to_string).collect(),
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
             _ => Vec::new(),
         };
         Some(Identity {
@@ -83,8 +95,16 @@ mod tests {
 
     #[test]
     fn principal_id_precedence() {
-        assert_eq!(id(json!({"identityId":"i","sub":"s","client_id":"c"})).unwrap().principal_id, "i");
-        assert_eq!(id(json!({"sub":"s","client_id":"c"})).unwrap().principal_id, "s");
+        assert_eq!(
+            id(json!({"identityId":"i","sub":"s","client_id":"c"}))
+                .unwrap()
+                .principal_id,
+            "i"
+        );
+        assert_eq!(
+            id(json!({"sub":"s","client_id":"c"})).unwrap().principal_id,
+            "s"
+        );
         assert_eq!(id(json!({"client_id":"c"})).unwrap().principal_id, "c");
         assert!(id(json!({"workspaceId":"w"})).is_none());
     }

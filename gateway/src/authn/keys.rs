@@ -83,7 +83,7 @@ impl KeyRing {
                 KeySource::Remote { .. } => KeyMap::new(),
             })
             .collect();
-        let ring = KeyRing {
+        KeyRing {
             sources,
             merged: ArcSwap::from_pointee(merge(&per_source)),
             per_source: ArcSwap::from_pointee(per_source),
@@ -93,8 +93,7 @@ impl KeyRing {
                 .timeout(Duration::from_secs(3))
                 .build()
                 .unwrap_or_default(),
-        };
-        ring
+        }
     }
 
     /// The key for a `kid`.
@@ -114,7 +113,9 @@ impl KeyRing {
 
     /// Whether any remote issuer is configured.
     pub fn has_remote(&self) -> bool {
-        self.sources.iter().any(|s| matches!(s, KeySource::Remote { .. }))
+        self.sources
+            .iter()
+            .any(|s| matches!(s, KeySource::Remote { .. }))
     }
 
     /// Refetch every source unless that happened less than the refetch interval ago.
@@ -149,11 +150,18 @@ impl KeyRing {
     }
 
     async fn fetch(&self, uri: &str) -> Result<JwkSet, String> {
-        let resp = self.http.get(uri).send().await.map_err(|e| e.without_url().to_string())?;
+        let resp = self
+            .http
+            .get(uri)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        resp.json::<JwkSet>().await.map_err(|e| e.without_url().to_string())
+        resp.json::<JwkSet>()
+            .await
+            .map_err(|e| e.without_url().to_string())
     }
 }
 

@@ -38,7 +38,9 @@ impl AuthnError {
     pub fn into_gateway(self) -> GatewayError {
         match self {
             Self::Missing => GatewayError::MissingToken,
-            Self::Malformed => GatewayError::InvalidToken("the Authorization header is not a Bearer token"),
+            Self::Malformed => {
+                GatewayError::InvalidToken("the Authorization header is not a Bearer token")
+            }
             Self::Invalid(why) => GatewayError::InvalidToken(why),
             Self::Expired => GatewayError::ExpiredToken,
             Self::NoKeys => GatewayError::IssuerUnavailable,
@@ -49,7 +51,12 @@ impl AuthnError {
 struct ExpireAtTokenExp;
 
 impl moka::Expiry<[u8; 32], Arc<Identity>> for ExpireAtTokenExp {
-    fn expire_after_create(&self, _k: &[u8; 32], v: &Arc<Identity>, _now: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Arc<Identity>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
         Some(Duration::from_secs(v.exp.saturating_sub(now_secs())))
     }
 }
@@ -73,12 +80,16 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthnError> {
     let Some(raw) = header else {
         return Err(AuthnError::Missing);
     };
-    let text = std::str::from_utf8(raw).map_err(|_| AuthnError::Malformed)?.trim();
-    let (scheme, token) = text.split_once(' ').ok_or(if text.eq_ignore_ascii_case("bearer") {
-        AuthnError::Invalid("the bearer token is empty")
-    } else {
-        AuthnError::Malformed
-    })?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| AuthnError::Malformed)?
+        .trim();
+    let (scheme, token) = text
+        .split_once(' ')
+        .ok_or(if text.eq_ignore_ascii_case("bearer") {
+            AuthnError::Invalid("the bearer token is empty")
+        } else {
+            AuthnError::Malformed
+        })?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthnError::Malformed);
     }
@@ -96,7 +107,11 @@ impl Verifier {
             .max_capacity(settings.token_cache_capacity)
             .expire_after(ExpireAtTokenExp)
             .build();
-        Verifier { settings, keys, cache }
+        Verifier {
+            settings,
+            keys,
+            cache,
+        }
     }
 
     /// The key ring (for readiness and refresh).
@@ -121,11 +136,16 @@ impl Verifier {
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthnError> {
-        let header = decode_header(token).map_err(|_| AuthnError::Invalid("the token is malformed"))?;
+        let header =
+            decode_header(token).map_err(|_| AuthnError::Invalid("the token is malformed"))?;
         if !self.settings.algorithms.contains(&header.alg) {
             return Err(AuthnError::Invalid("the token's algorithm is not allowed"));
         }
-        let kid = header.kid.as_deref().filter(|k| !k.is_empty()).ok_or(AuthnError::Invalid("the token has no key id"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthnError::Invalid("the token has no key id"))?;
         let key = match self.keys.get(kid) {
             Some(k) => k,
             None => {
@@ -137,11 +157,15 @@ impl Verifier {
                 } else {
                     self.keys.refresh_if_due().await;
                 }
-                self.keys.get(kid).ok_or(AuthnError::Invalid("the token's key id is unknown"))?
+                self.keys
+                    .get(kid)
+                    .ok_or(AuthnError::Invalid("the token's key id is unknown"))?
             }
         };
         if key.algorithm.is_some_and(|a| a != header.alg) {
-            return Err(AuthnError::Invalid("the token's algorithm does not match its key"));
+            return Err(AuthnError::Invalid(
+                "the token's algorithm does not match its key",
+            ));
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -151,21 +175,36 @@ impl Verifier {
         validation.validate_aud = false;
         validation.set_issuer(&[key.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss"]);
-        let data = decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthnError::Expired,
-            ErrorKind::ImmatureSignature => AuthnError::Invalid("the token is not valid yet"),
-            ErrorKind::InvalidIssuer => AuthnError::Invalid("the token's issuer is not trusted"),
-            ErrorKind::InvalidSignature => AuthnError::Invalid("the token's signature is invalid"),
-            ErrorKind::MissingRequiredClaim(_) => AuthnError::Invalid("the token lacks a required claim"),
-            _ => AuthnError::Invalid("the token is invalid"),
-        })?;
+        let data =
+            decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthnError::Expired,
+                    ErrorKind::ImmatureSignature => {
+                        AuthnError::Invalid("the token is not valid yet")
+                    }
+                    ErrorKind::InvalidIssuer => {
+                        AuthnError::Invalid("the token's issuer is not trusted")
+                    }
+                    ErrorKind::InvalidSignature => {
+                        AuthnError::Invalid("the token's signature is invalid")
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        AuthnError::Invalid("the token lacks a required claim")
+                    }
+                    _ => AuthnError::Invalid("the token is invalid"),
+                }
+            })?;
         let claims = data.claims;
         if claims.get("token_use").and_then(Value::as_str) != Some("access") {
             return Err(AuthnError::Invalid("only access tokens are accepted"));
         }
-        let identity = Identity::from_claims(&claims).ok_or(AuthnError::Invalid("the token names no subject"))?;
+        let identity = Identity::from_claims(&claims)
+            .ok_or(AuthnError::Invalid("the token names no subject"))?;
         if let Some(allowed) = &self.settings.allowed_client_ids
-            && !identity.client_id.as_ref().is_some_and(|c| allowed.contains(c))
+            && !identity
+                .client_id
+                .as_ref()
+                .is_some_and(|c| allowed.contains(c))
         {
             return Err(AuthnError::Invalid("the token's client is not allowed"));
         }
@@ -183,8 +222,14 @@ mod tests {
         assert_eq!(bearer_token(Some(b"bEaReR   abc ")), Ok("abc"));
         assert_eq!(bearer_token(None), Err(AuthnError::Missing));
         assert_eq!(bearer_token(Some(b"Basic abc")), Err(AuthnError::Malformed));
-        assert!(matches!(bearer_token(Some(b"Bearer")), Err(AuthnError::Invalid(_))));
-        assert!(matches!(bearer_token(Some(b"Bearer  ")), Err(AuthnError::Invalid(_))));
+        assert!(matches!(
+            bearer_token(Some(b"Bearer")),
+            Err(AuthnError::Invalid(_))
+        ));
+        assert!(matches!(
+            bearer_token(Some(b"Bearer  ")),
+            Err(AuthnError::Invalid(_))
+        ));
         assert_eq!(bearer_token(Some(b"\xff\xfe")), Err(AuthnError::Malformed));
     }
 }

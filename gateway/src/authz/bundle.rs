@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use cedar_policy::{
-    Entities, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
-};
+use cedar_policy::{Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use sha2::{Digest, Sha256};
 
 use crate::routes::RouteTable;
@@ -48,7 +46,12 @@ impl std::fmt::Debug for PolicyBundle {
 }
 
 /// Render a Cedar diagnostic as `file:line:col: message` lines.
-fn diagnostic_lines(file: &str, text: &str, diag: &dyn miette::Diagnostic, message: &str) -> Vec<String> {
+fn diagnostic_lines(
+    file: &str,
+    text: &str,
+    diag: &dyn miette::Diagnostic,
+    message: &str,
+) -> Vec<String> {
     let labels: Vec<_> = diag.labels().map(|l| l.collect()).unwrap_or_default();
     if labels.is_empty() {
         return vec![format!("{file}: {message}")];
@@ -128,7 +131,10 @@ impl PolicyBundle {
     /// Load and validate a policy directory; every problem is reported, as `file:line:col: msg`.
     pub fn load(dir: &Path) -> Result<PolicyBundle, Vec<String>> {
         let mut errors = Vec::new();
-        let read = |name: &Path| std::fs::read_to_string(name).map_err(|e| format!("{}: cannot read: {e}", name.display()));
+        let read = |name: &Path| {
+            std::fs::read_to_string(name)
+                .map_err(|e| format!("{}: cannot read: {e}", name.display()))
+        };
         let mut hasher = Sha256::new();
 
         let schema_path = dir.join(SCHEMA_FILE);
@@ -138,7 +144,12 @@ impl PolicyBundle {
         let schema = match Schema::from_cedarschema_str(&schema_text) {
             Ok((schema, _warnings)) => Some(schema),
             Err(e) => {
-                errors.extend(diagnostic_lines(&schema_path.display().to_string(), &schema_text, &e, &full_message(&e)));
+                errors.extend(diagnostic_lines(
+                    &schema_path.display().to_string(),
+                    &schema_text,
+                    &e,
+                    &full_message(&e),
+                ));
                 None
             }
         };
@@ -164,7 +175,12 @@ impl PolicyBundle {
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "cedar") && p.is_file())
                 .collect(),
-            Err(e) => return Err(vec![format!("{}: cannot read directory: {e}", dir.display())]),
+            Err(e) => {
+                return Err(vec![format!(
+                    "{}: cannot read directory: {e}",
+                    dir.display()
+                )]);
+            }
         };
         files.sort();
         if files.is_empty() {
@@ -182,7 +198,11 @@ impl PolicyBundle {
                     continue;
                 }
             };
-            hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            hasher.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
             hasher.update(text.as_bytes());
             let parsed = match PolicySet::from_str(&text) {
                 Ok(p) => p,
@@ -199,23 +219,35 @@ impl PolicyBundle {
             for policy in parsed.policies() {
                 let Some(id) = policy.annotation("id").map(str::to_string) else {
                     // Cedar names unnamed policies policy0..N in source order.
-                    let index: usize = policy.id().to_string().trim_start_matches("policy").parse().unwrap_or(0);
+                    let index: usize = policy
+                        .id()
+                        .to_string()
+                        .trim_start_matches("policy")
+                        .parse()
+                        .unwrap_or(0);
                     let (line, col) = line_col(&text, starts.get(index).copied().unwrap_or(0));
-                    errors.push(format!("{shown}:{line}:{col}: every policy needs an @id(\"...\") annotation"));
+                    errors.push(format!(
+                        "{shown}:{line}:{col}: every policy needs an @id(\"...\") annotation"
+                    ));
                     continue;
                 };
                 if let Some(other) = policy_files.get(&id) {
-                    errors.push(format!("{shown}: duplicate policy id `{id}` (also in {other})"));
+                    errors.push(format!(
+                        "{shown}: duplicate policy id `{id}` (also in {other})"
+                    ));
                     continue;
                 }
                 let named = policy.new_id(PolicyId::new(&id));
                 policy_files.insert(id.clone(), shown.clone());
-                if let Err(e) = file_set.add(named.clone()).and_then(|_| policies.add(named)) {
-                    errors.push(format!("{shown}: {e}"));
+                for set in [&mut file_set, &mut policies] {
+                    if let Err(e) = set.add(named.clone()) {
+                        errors.push(format!("{shown}: {e}"));
+                    }
                 }
             }
             if let Some(schema) = &schema {
-                let result = Validator::new(schema.clone()).validate(&file_set, ValidationMode::Strict);
+                let result =
+                    Validator::new(schema.clone()).validate(&file_set, ValidationMode::Strict);
                 for e in result.validation_errors() {
                     errors.extend(diagnostic_lines(&shown, &text, e, &full_message(e)));
                 }
@@ -253,8 +285,13 @@ impl PolicyBundle {
 
 /// Route-table consistency: every route's action is in the schema, and every route action
 /// of the schema (`"<method> <path>"`) has a route.
-fn route_actions(schema: &Schema, routes: &RouteTable) -> Result<(Vec<Entity>, Vec<EntityUid>), Vec<String>> {
-    let actions = schema.action_entities().map_err(|e| vec![format!("{SCHEMA_FILE}: {e}")])?;
+fn route_actions(
+    schema: &Schema,
+    routes: &RouteTable,
+) -> Result<(Vec<Entity>, Vec<EntityUid>), Vec<String>> {
+    let actions = schema
+        .action_entities()
+        .map_err(|e| vec![format!("{SCHEMA_FILE}: {e}")])?;
     let mut errors = Vec::new();
     let mut entities = Vec::new();
     let mut uids = Vec::new();
@@ -276,14 +313,22 @@ fn route_actions(schema: &Schema, routes: &RouteTable) -> Result<(Vec<Entity>, V
     for entity in actions.iter() {
         let uid = entity.uid();
         let id = uid.id().unescaped().to_string();
-        let is_route_action = ["get ", "post ", "put ", "patch ", "delete ", "head ", "options "]
-            .iter()
-            .any(|m| id.starts_with(m));
+        let is_route_action = [
+            "get ", "post ", "put ", "patch ", "delete ", "head ", "options ",
+        ]
+        .iter()
+        .any(|m| id.starts_with(m));
         if is_route_action && !routed.contains(&uid) {
-            errors.push(format!("{SCHEMA_FILE}: action `{id}` has no route in {ROUTES_FILE}"));
+            errors.push(format!(
+                "{SCHEMA_FILE}: action `{id}` has no route in {ROUTES_FILE}"
+            ));
         }
     }
-    if errors.is_empty() { Ok((entities, uids)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok((entities, uids))
+    } else {
+        Err(errors)
+    }
 }
 
 /// `Action::"<id>"`.
@@ -296,23 +341,24 @@ pub fn action_uid(id: &str) -> EntityUid {
 
 /// Each role maps to itself and every role after it in the list (less privileged).
 fn role_closure(roles: &[String]) -> HashMap<String, HashSet<EntityUid>> {
-    let role_type: cedar_policy::EntityTypeName = "Role".parse().expect("Role is a valid type name");
+    let role_type: cedar_policy::EntityTypeName =
+        "Role".parse().expect("Role is a valid type name");
     roles
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let below = roles[i..]
                 .iter()
-                .map(|x| EntityUid::from_type_name_and_id(role_type.clone(), cedar_policy::EntityId::new(x)))
+                .map(|x| {
+                    EntityUid::from_type_name_and_id(
+                        role_type.clone(),
+                        cedar_policy::EntityId::new(x),
+                    )
+                })
                 .collect();
             (r.clone(), below)
         })
         .collect()
-}
-
-/// Entities that never change between requests of one bundle, for tools that want them.
-pub fn static_entities(bundle: &PolicyBundle) -> Entities {
-    Entities::from_entities(bundle.action_entities.iter().cloned(), None).unwrap_or_else(|_| Entities::empty())
 }
 
 #[cfg(test)]
@@ -338,7 +384,11 @@ mod tests {
     fn default_pack_loads() {
         let b = PolicyBundle::load(&policy_dir()).unwrap_or_else(|e| panic!("{e:#?}"));
         assert_eq!(b.version.len(), 16);
-        assert!(b.policies.policy(&PolicyId::new("tenant-isolation")).is_some());
+        assert!(
+            b.policies
+                .policy(&PolicyId::new("tenant-isolation"))
+                .is_some()
+        );
         assert_eq!(b.action_entities.len(), b.routes.routes.len());
         assert_eq!(b.role_closure["Owner"].len(), 5);
         assert_eq!(b.role_closure["Viewer"].len(), 1);
@@ -353,16 +403,32 @@ mod tests {
         )
         .unwrap();
         let errors = PolicyBundle::load(dir.path()).unwrap_err();
-        assert!(errors.iter().any(|e| e.contains("zz-bad.cedar:4:")), "{errors:#?}");
+        assert!(
+            errors.iter().any(|e| e.contains("zz-bad.cedar:4:")),
+            "{errors:#?}"
+        );
     }
 
     #[test]
     fn parse_errors_and_missing_ids_are_reported() {
         let dir = copy_dir();
-        std::fs::write(dir.path().join("x.cedar"), "permit (principal, action, resource);\n").unwrap();
-        std::fs::write(dir.path().join("y.cedar"), "@id(\"y\")\npermit (principal, action, resource\n").unwrap();
+        std::fs::write(
+            dir.path().join("x.cedar"),
+            "permit (principal, action, resource);\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("y.cedar"),
+            "@id(\"y\")\npermit (principal, action, resource\n",
+        )
+        .unwrap();
         let errors = PolicyBundle::load(dir.path()).unwrap_err();
-        assert!(errors.iter().any(|e| e.contains("x.cedar:1:1") && e.contains("@id")), "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("x.cedar:1:1") && e.contains("@id")),
+            "{errors:#?}"
+        );
         assert!(errors.iter().any(|e| e.contains("y.cedar:")), "{errors:#?}");
     }
 

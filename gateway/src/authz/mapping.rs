@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+};
 
 use super::bundle::PolicyBundle;
 use crate::authn::Identity;
@@ -29,7 +31,8 @@ pub struct CedarInput {
 }
 
 fn type_name(name: &str) -> Result<EntityTypeName, String> {
-    name.parse().map_err(|e| format!("bad entity type `{name}`: {e}"))
+    name.parse()
+        .map_err(|e| format!("bad entity type `{name}`: {e}"))
 }
 
 fn uid(type_name: EntityTypeName, id: &str) -> EntityUid {
@@ -42,13 +45,20 @@ fn string(s: &str) -> RestrictedExpression {
 
 /// Build the Cedar request for one API call. Fails (and the caller denies) only if the
 /// bundle or the inputs are malformed.
-pub fn build(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_>) -> Result<CedarInput, String> {
+pub fn build(
+    bundle: &PolicyBundle,
+    identity: &Identity,
+    facts: &RequestFacts<'_>,
+) -> Result<CedarInput, String> {
     let route = bundle
         .routes
         .routes
         .get(facts.route.route_index)
         .ok_or("route index out of range")?;
-    let workspace_id = facts.route.param("workspaceId").ok_or("route without workspaceId")?;
+    let workspace_id = facts
+        .route
+        .param("workspaceId")
+        .ok_or("route without workspaceId")?;
 
     // Principal: claims only. Machine callers get no role parents: they act by scope.
     let principal_uid = uid(type_name("Identity")?, &identity.principal_id);
@@ -63,24 +73,41 @@ pub fn build(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_
         ("role", claim(&identity.role)),
         ("department", claim(&identity.department)),
     ];
-    let mut attrs: HashMap<String, RestrictedExpression> =
-        principal_attrs.iter().map(|(k, v)| (k.to_string(), string(v))).collect();
-    attrs.insert("premium".into(), RestrictedExpression::new_bool(identity.premium));
-    attrs.insert("onboardingCompleted".into(), RestrictedExpression::new_bool(identity.onboarding_completed));
-    let principal = Entity::new(principal_uid.clone(), attrs, parents.clone()).map_err(|e| e.to_string())?;
+    let mut attrs: HashMap<String, RestrictedExpression> = principal_attrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), string(v)))
+        .collect();
+    attrs.insert(
+        "premium".into(),
+        RestrictedExpression::new_bool(identity.premium),
+    );
+    attrs.insert(
+        "onboardingCompleted".into(),
+        RestrictedExpression::new_bool(identity.onboarding_completed),
+    );
+    let principal =
+        Entity::new(principal_uid.clone(), attrs, parents.clone()).map_err(|e| e.to_string())?;
 
     // Resource: of the route's type, named by its path parameter (or the workspace itself),
     // inside Workspace::"<workspaceId from the path>".
     let workspace_uid = uid(type_name("Workspace")?, workspace_id);
     let ws_attr = || HashMap::from([("workspaceId".to_string(), string(workspace_id))]);
-    let workspace = Entity::new(workspace_uid.clone(), ws_attr(), HashSet::new()).map_err(|e| e.to_string())?;
+    let workspace =
+        Entity::new(workspace_uid.clone(), ws_attr(), HashSet::new()).map_err(|e| e.to_string())?;
     let (resource_uid, resource) = match &route.resource_param {
         None => (workspace_uid.clone(), None),
         Some(param) => {
-            let id = facts.route.param(param).ok_or("missing resource parameter")?;
+            let id = facts
+                .route
+                .param(param)
+                .ok_or("missing resource parameter")?;
             let r_uid = uid(type_name(&route.resource_type)?, id);
-            let entity = Entity::new(r_uid.clone(), ws_attr(), HashSet::from([workspace_uid.clone()]))
-                .map_err(|e| e.to_string())?;
+            let entity = Entity::new(
+                r_uid.clone(),
+                ws_attr(),
+                HashSet::from([workspace_uid.clone()]),
+            )
+            .map_err(|e| e.to_string())?;
             (r_uid, Some(entity))
         }
     };
@@ -122,8 +149,14 @@ pub fn build(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_
     let mut list = vec![principal, workspace, action_entity];
     list.extend(resource);
     let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
-    let request = Request::new(principal_uid.clone(), action.clone(), resource_uid.clone(), context, None)
-        .map_err(|e| e.to_string())?;
+    let request = Request::new(
+        principal_uid.clone(),
+        action.clone(),
+        resource_uid.clone(),
+        context,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(CedarInput {
         principal: principal_uid,
         action,
@@ -134,7 +167,11 @@ pub fn build(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_
 }
 
 /// The context of [`build`] as JSON, for people reading a decision (explain, tests).
-pub fn context_json(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_>) -> serde_json::Value {
+pub fn context_json(
+    bundle: &PolicyBundle,
+    identity: &Identity,
+    facts: &RequestFacts<'_>,
+) -> serde_json::Value {
     let declared: &[String] = bundle
         .routes
         .routes

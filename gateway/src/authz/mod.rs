@@ -38,7 +38,8 @@ pub fn decide(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'
         Ok(i) => i,
         Err(e) => return deny(vec![format!("request mapping failed: {e}")]),
     };
-    let response = CedarAuthorizer::new().is_authorized(&input.request, &bundle.policies, &input.entities);
+    let response =
+        CedarAuthorizer::new().is_authorized(&input.request, &bundle.policies, &input.entities);
     let diagnostics = response.diagnostics();
     let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
     let reasons: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();

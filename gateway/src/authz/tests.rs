@@ -8,8 +8,11 @@ use super::*;
 use crate::routes::split_path;
 
 fn bundle() -> PolicyBundle {
-    PolicyBundle::load(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies")))
-        .unwrap_or_else(|e| panic!("{e:#?}"))
+    PolicyBundle::load(&PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policies"
+    )))
+    .unwrap_or_else(|e| panic!("{e:#?}"))
 }
 
 fn identity(claims: Value) -> Identity {
@@ -18,11 +21,24 @@ fn identity(claims: Value) -> Identity {
     Identity::from_claims(&c).unwrap()
 }
 
-fn decide_http(b: &PolicyBundle, claims: Value, method: &str, path_and_query: &str, user: Option<&str>) -> Decision {
-    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+fn decide_http(
+    b: &PolicyBundle,
+    claims: Value,
+    method: &str,
+    path_and_query: &str,
+    user: Option<&str>,
+) -> Decision {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
     let segments = split_path(path).unwrap();
-    let m = b.routes.find(&method.parse().unwrap(), &segments).expect("route");
-    let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let m = b
+        .routes
+        .find(&method.parse().unwrap(), &segments)
+        .expect("route");
+    let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     decide(
         b,
         &identity(claims),
@@ -46,8 +62,13 @@ fn mapping_builds_principal_resource_and_context() {
     let b = bundle();
     let segments = split_path("/app/v1/workspaces/ws-a/catalog/item-1").unwrap();
     let m = b.routes.find(&http::Method::GET, &segments).unwrap();
-    let id = identity(json!({"sub":"u1","workspaceId":"ws-a","role":"Member","scope":"a b","premium":true}));
-    let query = vec![("tier".to_string(), "premium".to_string()), ("evil".to_string(), "x".to_string())];
+    let id = identity(
+        json!({"sub":"u1","workspaceId":"ws-a","role":"Member","scope":"a b","premium":true}),
+    );
+    let query = vec![
+        ("tier".to_string(), "premium".to_string()),
+        ("evil".to_string(), "x".to_string()),
+    ];
     let facts = RequestFacts {
         route: &m,
         query: &query,
@@ -108,7 +129,8 @@ fn tenant_isolation_and_missing_claims() {
     assert!(!decide_http(&b, no_ws, "GET", &format!("{WS}/missions"), None).allowed);
     let no_role = json!({"sub":"u1","workspaceId":"ws-a","context":"app","platform":"web"});
     assert!(!decide_http(&b, no_role, "GET", &format!("{WS}/missions"), None).allowed);
-    let id_token = json!({"sub":"u1","workspaceId":"ws-a","role":"Owner","context":"app","token_use":"id"});
+    let id_token =
+        json!({"sub":"u1","workspaceId":"ws-a","role":"Owner","context":"app","token_use":"id"});
     assert!(!decide_http(&b, id_token, "GET", &format!("{WS}/missions"), None).allowed);
 }
 
@@ -119,10 +141,37 @@ fn m2m_scopes_premium_onboarding_reports_delegation() {
     assert!(decide_http(&b, m2m("app/read"), "GET", &format!("{WS}/missions"), None).allowed);
     assert!(!decide_http(&b, m2m("app/read"), "POST", &format!("{WS}/points"), None).allowed);
     assert!(decide_http(&b, m2m("app/write"), "POST", &format!("{WS}/points"), None).allowed);
-    assert!(!decide_http(&b, human("Owner", "app"), "POST", &format!("{WS}/points"), None).allowed);
-    assert!(decide_http(&b, m2m("dashboard/write"), "POST", &format!("{DASH}/users"), None).allowed);
+    assert!(
+        !decide_http(
+            &b,
+            human("Owner", "app"),
+            "POST",
+            &format!("{WS}/points"),
+            None
+        )
+        .allowed
+    );
+    assert!(
+        decide_http(
+            &b,
+            m2m("dashboard/write"),
+            "POST",
+            &format!("{DASH}/users"),
+            None
+        )
+        .allowed
+    );
     assert!(!decide_http(&b, m2m("dashboard/write"), "DELETE", DASH, None).allowed);
-    assert!(decide_http(&b, m2m("app/read"), "GET", &format!("{WS}/premium-content"), None).allowed);
+    assert!(
+        decide_http(
+            &b,
+            m2m("app/read"),
+            "GET",
+            &format!("{WS}/premium-content"),
+            None
+        )
+        .allowed
+    );
 
     let premium = format!("{WS}/premium-content/p1");
     assert!(!decide_http(&b, human("Member", "app"), "GET", &premium, None).allowed);
@@ -130,8 +179,26 @@ fn m2m_scopes_premium_onboarding_reports_delegation() {
     paid["premium"] = true.into();
     assert!(decide_http(&b, paid, "GET", &premium, None).allowed);
     assert!(decide_http(&b, human("Manager", "app"), "GET", &premium, None).allowed);
-    assert!(!decide_http(&b, human("Member", "app"), "GET", &format!("{WS}/catalog?tier=premium"), None).allowed);
-    assert!(decide_http(&b, human("Member", "app"), "GET", &format!("{WS}/catalog?tier=free"), None).allowed);
+    assert!(
+        !decide_http(
+            &b,
+            human("Member", "app"),
+            "GET",
+            &format!("{WS}/catalog?tier=premium"),
+            None
+        )
+        .allowed
+    );
+    assert!(
+        decide_http(
+            &b,
+            human("Member", "app"),
+            "GET",
+            &format!("{WS}/catalog?tier=free"),
+            None
+        )
+        .allowed
+    );
 
     let boards = format!("{WS}/leaderboards");
     assert!(!decide_http(&b, human("Member", "app"), "GET", &boards, None).allowed);
@@ -149,7 +216,34 @@ fn m2m_scopes_premium_onboarding_reports_delegation() {
 
     let complete = format!("{WS}/missions/m1/complete");
     assert!(decide_http(&b, m2m("app/write"), "POST", &complete, Some("u9")).allowed);
-    assert!(!decide_http(&b, m2m("app/read"), "GET", &format!("{WS}/missions"), Some("u9")).allowed);
-    assert!(!decide_http(&b, human("Owner", "app"), "GET", &format!("{WS}/missions"), Some("u9")).allowed);
-    assert!(!decide_http(&b, m2m("dashboard/write dashboard/read"), "GET", &format!("{DASH}/users"), Some("u9")).allowed);
+    assert!(
+        !decide_http(
+            &b,
+            m2m("app/read"),
+            "GET",
+            &format!("{WS}/missions"),
+            Some("u9")
+        )
+        .allowed
+    );
+    assert!(
+        !decide_http(
+            &b,
+            human("Owner", "app"),
+            "GET",
+            &format!("{WS}/missions"),
+            Some("u9")
+        )
+        .allowed
+    );
+    assert!(
+        !decide_http(
+            &b,
+            m2m("dashboard/write dashboard/read"),
+            "GET",
+            &format!("{DASH}/users"),
+            Some("u9")
+        )
+        .allowed
+    );
 }
