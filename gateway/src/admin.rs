@@ -2,7 +2,7 @@
 //! metrics and the policy status.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -65,22 +65,32 @@ impl Admin {
     }
 
     fn policies(&self) -> Response<Vec<u8>> {
-        let b = self.authorizer.current();
-        let loaded = b
-            .loaded_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        json(
-            200,
-            serde_json::json!({
-                "version": b.version,
-                "loadedAt": loaded,
-                "dir": b.dir.display().to_string(),
-                "policies": b.policies.policies().count(),
-                "routes": b.routes.routes.len(),
-            }),
-        )
+        json(200, self.authorizer.status_json())
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let authorizer = self.authorizer.clone();
+        let result = tokio::task::spawn_blocking(move || authorizer.reload("admin API")).await;
+        match result {
+            Ok(Ok(version)) => json(
+                200,
+                serde_json::json!({"status": "reloaded", "version": version}),
+            ),
+            Ok(Err(errors)) => json(
+                422,
+                serde_json::json!({
+                    "code": "validation/invalid_policies",
+                    "message": "the new policy set is invalid; the last good set keeps serving",
+                    "status": 422,
+                    "errors": errors,
+                    "activeVersion": self.authorizer.current().version,
+                }),
+            ),
+            Err(_) => json(
+                500,
+                serde_json::json!({"code": "server/internal", "message": "reload failed", "status": 500}),
+            ),
+        }
     }
 }
 
@@ -92,6 +102,9 @@ impl ServeHttp for Admin {
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
             "/admin/policies" => self.policies(),
+            "/admin/policies/reload" if session.req_header().method == http::Method::POST => {
+                self.reload().await
+            }
             "/metrics" => {
                 let text = crate::metrics::render();
                 Response::builder()

@@ -1,27 +1,132 @@
-//! One audit line per request: who asked for what, what was decided and why. Written once,
-//! from the request context, in pingora's `logging` phase. Never carries tokens or secrets.
+//! Stage 10, the record: one audit line (JSON) per authorization decision, and one access
+//! line per request. Both are written once, from the request context, in pingora's
+//! `logging` phase. Tokens and secrets never appear: the audit line keeps the verified
+//! claims that went into the decision, which is what `cedargate policy replay` needs.
+//!
+//! Audit lines go through a bounded channel to a writer thread, so a slow disk never
+//! stalls a request; when the channel is full the line is dropped and counted
+//! (`cedargate_audit_dropped_total`).
 
+use std::io::Write;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use serde_json::{Value, json};
+
+use crate::config::AuditOutput;
+use crate::error::now_rfc3339;
 use crate::proxy::RequestCtx;
 
-/// Emit the audit record for a finished request.
-pub fn record(ctx: &RequestCtx, status: u16) {
+/// Lines buffered between requests and the writer thread.
+const CHANNEL_CAPACITY: usize = 65_536;
+
+/// Where audit lines go.
+pub struct AuditSink {
+    tx: Option<SyncSender<Vec<u8>>>,
+}
+
+fn writer_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>) {
+    while let Ok(line) = rx.recv() {
+        let mut ok = out.write_all(&line).is_ok();
+        // Drain what is queued before flushing: one flush per burst, not per line.
+        while let Ok(more) = rx.try_recv() {
+            ok &= out.write_all(&more).is_ok();
+        }
+        ok &= out.flush().is_ok();
+        if !ok {
+            crate::metrics::AUDIT_DROPPED
+                .with_label_values(&["write_error"])
+                .inc();
+        }
+    }
+}
+
+impl AuditSink {
+    /// Open the configured output and start its writer thread.
+    pub fn open(output: &AuditOutput) -> std::io::Result<AuditSink> {
+        let out: Box<dyn Write + Send> = match output {
+            AuditOutput::Off => return Ok(AuditSink { tx: None }),
+            AuditOutput::Stdout => Box::new(std::io::stdout()),
+            AuditOutput::Stderr => Box::new(std::io::stderr()),
+            AuditOutput::File(path) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?;
+                Box::new(std::io::BufWriter::new(f))
+            }
+        };
+        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer_loop(rx, out))?;
+        Ok(AuditSink { tx: Some(tx) })
+    }
+
+    fn send(&self, record: &Value) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => crate::metrics::AUDIT_DROPPED
+                .with_label_values(&["full"])
+                .inc(),
+            Err(TrySendError::Disconnected(_)) => crate::metrics::AUDIT_DROPPED
+                .with_label_values(&["closed"])
+                .inc(),
+        }
+    }
+}
+
+/// The audit line of a decided request.
+fn decision_record(ctx: &RequestCtx) -> Option<Value> {
+    let outcome = ctx.outcome.as_ref()?;
+    let identity = ctx.identity.as_deref()?;
+    let d = &outcome.decision;
+    let mut record = json!({
+        "type": "decision",
+        "requestId": ctx.request_id,
+        "timestamp": now_rfc3339(),
+        "method": ctx.method,
+        "path": ctx.path,
+        "query": ctx.query,
+        "principal": format!("Identity::{:?}", identity.principal_id),
+        "action": ctx.route.as_deref().map(|a| format!("Action::{a:?}")),
+        "resource": ctx.resource,
+        "decision": if d.allowed { "allow" } else { "deny" },
+        "reasons": d.reasons,
+        "errors": d.errors,
+        "policyVersion": d.policy_version,
+        "decisionUs": ctx.authz.as_micros() as u64,
+        "cacheHit": outcome.cache_hit,
+        "claims": identity.to_claims(),
+    });
+    if let Some(user) = &ctx.impersonated {
+        record["impersonatedUserId"] = user.clone().into();
+        record["impersonatedBy"] = identity.principal_id.clone().into();
+    }
+    if let Some(s) = outcome.shadow_difference() {
+        record["shadow"] = json!({
+            "decision": if s.allowed { "allow" } else { "deny" },
+            "reasons": s.reasons,
+            "errors": s.errors,
+            "policyVersion": s.policy_version,
+        });
+    }
+    Some(record)
+}
+
+/// Record a finished request: metrics, the access line and, if it was decided, the audit line.
+pub fn record(sink: &AuditSink, ctx: &RequestCtx, status: u16) {
     let identity = ctx.identity.as_deref();
-    let decision = match (&ctx.decision, &ctx.rejected) {
-        (Some(d), _) if d.allowed => "allow",
+    let decision = match (&ctx.outcome, &ctx.rejected) {
+        (Some(o), _) if o.decision.allowed => "allow",
         (Some(_), _) => "deny",
         (None, Some(_)) => "reject",
         (None, None) => "none",
     };
-    let reasons = ctx
-        .decision
-        .as_ref()
-        .map(|d| d.reasons.join(","))
-        .unwrap_or_default();
-    let errors = ctx
-        .decision
-        .as_ref()
-        .map(|d| d.errors.join("; "))
-        .unwrap_or_default();
     crate::metrics::observe(
         ctx.route.as_deref().unwrap_or(""),
         &ctx.method,
@@ -30,25 +135,22 @@ pub fn record(ctx: &RequestCtx, status: u16) {
         ctx.started.elapsed().as_secs_f64(),
     );
     tracing::info!(
-        target: "audit",
+        target: "access",
         request_id = %ctx.request_id,
         method = %ctx.method,
-        path = %ctx.path,
         route = ctx.route.as_deref().unwrap_or(""),
         principal = identity.map_or("", |i| i.principal_id.as_str()),
         workspace = identity.and_then(|i| i.workspace_id.as_deref()).unwrap_or(""),
-        client_id = identity.and_then(|i| i.client_id.as_deref()).unwrap_or(""),
-        impersonated_user = ctx.impersonated.as_deref().unwrap_or(""),
         decision,
-        reasons = %reasons,
-        eval_errors = %errors,
-        policy_version = ctx.decision.as_ref().map_or("", |d| d.policy_version.as_str()),
         code = ctx.rejected.as_ref().map_or("", |e| e.code()),
         status,
         authn_us = ctx.authn.as_micros() as u64,
         authz_us = ctx.authz.as_micros() as u64,
         upstream_us = ctx.upstream.map_or(0, |d| d.as_micros() as u64),
         total_us = ctx.started.elapsed().as_micros() as u64,
-        "decision"
+        "request"
     );
+    if let Some(record) = decision_record(ctx) {
+        sink.send(&record);
+    }
 }

@@ -52,6 +52,24 @@ struct RawConfig {
     backend: RawBackend,
     #[serde(default)]
     forward: RawForward,
+    #[serde(default)]
+    decision_cache: RawDecisionCache,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecisionCache {
+    enabled: Option<bool>,
+    capacity: Option<u64>,
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    output: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -80,6 +98,9 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawPolicies {
     dir: Option<String>,
+    shadow_dir: Option<String>,
+    watch: Option<bool>,
+    watch_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -148,10 +169,40 @@ pub struct Config {
     pub server: ServerSettings,
     pub log_level: String,
     pub policies_dir: PathBuf,
+    pub policies: PolicySettings,
+    pub decision_cache: DecisionCacheSettings,
+    pub audit: AuditOutput,
     pub authn: AuthnSettings,
     pub issuer: Option<IssuerConfig>,
     pub backend: BackendTarget,
     pub assertion_ttl_seconds: u64,
+}
+
+/// Policy loading and reloading.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The shadow set; `None`: `<policies dir>/shadow` when it holds policies.
+    pub shadow_dir: Option<PathBuf>,
+    /// Reload when the files change.
+    pub watch: bool,
+    pub watch_interval_ms: u64,
+}
+
+/// The decision cache.
+#[derive(Debug, Clone)]
+pub struct DecisionCacheSettings {
+    pub enabled: bool,
+    pub capacity: u64,
+    pub ttl_seconds: u64,
+}
+
+/// Where the audit log (one JSON line per decision) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditOutput {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+    Off,
 }
 
 /// Listener addresses.
@@ -326,11 +377,45 @@ impl Validator<'_> {
                 ));
             }
         };
+        let watch_interval_ms = raw.policies.watch_interval_ms.unwrap_or(1000);
+        if !(100..=3_600_000).contains(&watch_interval_ms) {
+            return Err(self.invalid(
+                "policies.watch_interval_ms",
+                "must be between 100 and 3600000",
+            ));
+        }
+        let policies = PolicySettings {
+            shadow_dir: raw.policies.shadow_dir.as_deref().map(|d| self.resolve(d)),
+            watch: raw.policies.watch.unwrap_or(true),
+            watch_interval_ms,
+        };
+        let decision_cache = DecisionCacheSettings {
+            enabled: raw.decision_cache.enabled.unwrap_or(true),
+            capacity: raw.decision_cache.capacity.unwrap_or(100_000),
+            ttl_seconds: raw.decision_cache.ttl_seconds.unwrap_or(60),
+        };
+        if decision_cache.ttl_seconds == 0 || decision_cache.ttl_seconds > 86_400 {
+            return Err(self.invalid("decision_cache.ttl_seconds", "must be between 1 and 86400"));
+        }
+        let audit = match raw.audit.output.as_deref().unwrap_or("stdout") {
+            "stdout" => AuditOutput::Stdout,
+            "stderr" => AuditOutput::Stderr,
+            "off" => AuditOutput::Off,
+            "" => {
+                return Err(
+                    self.invalid("audit.output", "must be stdout, stderr, off or a file path")
+                );
+            }
+            path => AuditOutput::File(self.resolve(path)),
+        };
         let assertion_ttl_seconds = raw.forward.assertion_ttl_seconds.unwrap_or(30);
         if !(1..=300).contains(&assertion_ttl_seconds) {
             return Err(self.invalid("forward.assertion_ttl_seconds", "must be between 1 and 300"));
         }
         Ok(Config {
+            policies,
+            decision_cache,
+            audit,
             listeners,
             server,
             log_level,

@@ -41,6 +41,68 @@ pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     h
 });
 
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+/// Policy reloads by result (ok, refused).
+pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_policy_reloads_total",
+        "Policy reloads by result",
+        &["result"],
+    )
+});
+
+/// Cache lookups by cache and result.
+pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_cache_lookups_total",
+        "Cache lookups by cache (decision, token) and result (hit, miss)",
+        &["cache", "result"],
+    )
+});
+
+/// Requests where the shadow policy set decided differently, by route template.
+pub static SHADOW: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_shadow_differences_total",
+        "Requests the shadow policies decide differently",
+        &["route", "active", "shadow"],
+    )
+});
+
+/// Audit lines that could not be written.
+pub static AUDIT_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_audit_dropped_total",
+        "Audit lines dropped (writer saturated or failing)",
+        &["reason"],
+    )
+});
+
+/// Count a policy reload.
+pub fn policy_reload(result: &str) {
+    RELOADS.with_label_values(&[result]).inc();
+}
+
+/// Count a cache lookup.
+pub fn cache_lookup(cache: &str, hit: bool) {
+    CACHE
+        .with_label_values(&[cache, if hit { "hit" } else { "miss" }])
+        .inc();
+}
+
+/// Count a shadow difference.
+pub fn shadow_difference(route: &str, active: bool, shadow: bool) {
+    let d = |a: bool| if a { "allow" } else { "deny" };
+    SHADOW
+        .with_label_values(&[route, d(active), d(shadow)])
+        .inc();
+}
+
 /// Count one finished request.
 pub fn observe(route: &str, method: &str, status: u16, decision: &str, seconds: f64) {
     let route = if route.is_empty() { "unmatched" } else { route };
@@ -62,6 +124,10 @@ fn method_label(m: &str) -> &str {
 pub fn render() -> String {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&LATENCY);
+    LazyLock::force(&RELOADS);
+    LazyLock::force(&CACHE);
+    LazyLock::force(&SHADOW);
+    LazyLock::force(&AUDIT_DROPPED);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -15,9 +15,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::audit;
+use crate::audit::{self, AuditSink};
 use crate::authn::{Identity, Verifier, bearer_token};
-use crate::authz::{self, Authorizer, Decision, RequestFacts};
+use crate::authz::{Authorizer, Outcome, RequestFacts};
 use crate::error::GatewayError;
 use crate::forward::{self, AssertionSigner};
 use crate::request_id;
@@ -37,6 +37,7 @@ pub struct Gateway {
     pub authorizer: Arc<Authorizer>,
     pub signer: AssertionSigner,
     pub upstream: Upstream,
+    pub audit: AuditSink,
 }
 
 /// Per-request context: what each stage learned, recorded once in `logging`.
@@ -44,11 +45,16 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub path: String,
+    /// The raw query string ("" when none).
+    pub query: String,
     pub method: String,
+    /// The Cedar action id of the matched route.
     pub route: Option<String>,
+    /// The Cedar resource, e.g. `Mission::"m1"`.
+    pub resource: Option<String>,
     pub identity: Option<Arc<Identity>>,
     pub impersonated: Option<String>,
-    pub decision: Option<Decision>,
+    pub outcome: Option<Outcome>,
     pub rejected: Option<GatewayError>,
     pub authn: Duration,
     pub authz: Duration,
@@ -62,11 +68,13 @@ impl RequestCtx {
             request_id: String::new(),
             started: Instant::now(),
             path: String::new(),
+            query: String::new(),
             method: String::new(),
             route: None,
+            resource: None,
             identity: None,
             impersonated: None,
-            decision: None,
+            outcome: None,
             rejected: None,
             authn: Duration::ZERO,
             authz: Duration::ZERO,
@@ -82,6 +90,7 @@ impl Gateway {
         let req = session.req_header();
         ctx.method = req.method.as_str().to_string();
         ctx.path = req.uri.path().to_string();
+        ctx.query = req.uri.query().unwrap_or_default().to_string();
 
         // Stage 7, first half: a smuggled path is refused before anything costs more.
         let segments = split_path(req.uri.path())?;
@@ -112,15 +121,25 @@ impl Gateway {
             .routes
             .find(&req.method, &segments)
             .ok_or(GatewayError::RouteNotFound)?;
-        ctx.route = Some(bundle.routes.routes[matched.route_index].action.clone());
+        let route = &bundle.routes.routes[matched.route_index];
+        ctx.route = Some(route.action.clone());
+        let resource_id = match &route.resource_param {
+            Some(p) => matched.param(p),
+            None => matched.param("workspaceId"),
+        };
+        ctx.resource = Some(format!(
+            "{}::{:?}",
+            route.resource_type,
+            resource_id.unwrap_or_default()
+        ));
 
-        // Stage 8: authorization.
+        // Stage 8: authorization (with the shadow set beside it).
         let t = Instant::now();
         let impersonated = req
             .headers
             .get("x-user-id")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let decision = authz::decide(
+        let outcome = self.authorizer.authorize(
             &bundle,
             &identity,
             &RequestFacts {
@@ -130,12 +149,28 @@ impl Gateway {
             },
         );
         ctx.authz = t.elapsed();
-        let allowed = decision.allowed;
-        ctx.decision = Some(decision);
+        if let Some(shadow) = outcome.shadow_difference() {
+            crate::metrics::shadow_difference(
+                &route.action,
+                outcome.decision.allowed,
+                shadow.allowed,
+            );
+            tracing::info!(
+                target: "shadow",
+                request_id = %ctx.request_id,
+                route = %route.action,
+                active = outcome.decision.allowed,
+                shadow = shadow.allowed,
+                shadow_reasons = ?shadow.reasons,
+                "shadow policies decide differently"
+            );
+        }
+        let allowed = outcome.decision.allowed;
+        ctx.outcome = Some(outcome);
+        ctx.impersonated = impersonated;
         if !allowed {
             return Err(GatewayError::Forbidden);
         }
-        ctx.impersonated = impersonated;
         Ok(())
     }
 }
@@ -268,6 +303,6 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        audit::record(ctx, status);
+        audit::record(&self.audit, ctx, status);
     }
 }

@@ -12,9 +12,10 @@ use pingora::services::listening::Service;
 use token_proxy::Issuer;
 
 use crate::admin::Admin;
+use crate::audit::AuditSink;
 use crate::auth_domain::AuthDomain;
 use crate::authn::{KeyRing, KeySource, Verifier};
-use crate::authz::{Authorizer, PolicyBundle};
+use crate::authz::{Authorizer, PolicyBundle, PolicySource};
 use crate::config::{BackendTarget, Config};
 use crate::forward::{self, AssertionSigner};
 use crate::proxy::{Gateway, Upstream};
@@ -100,6 +101,50 @@ impl BackgroundService for JwksRefresher {
     }
 }
 
+/// Reloads the policies on SIGHUP and, when watching, when their files change.
+struct PolicyReloader {
+    authorizer: Arc<Authorizer>,
+    watch: Option<Duration>,
+}
+
+#[async_trait]
+impl BackgroundService for PolicyReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Installing the handler also stops SIGHUP's default action (terminating the process).
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/policies/reload");
+                None
+            }
+        };
+        let mut fingerprint = self.authorizer.source().fingerprint();
+        let mut tick = tokio::time::interval(self.watch.unwrap_or(Duration::from_secs(3600)));
+        tick.tick().await;
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                _ = tick.tick() => {
+                    if self.watch.is_none() {
+                        continue;
+                    }
+                    let now = self.authorizer.source().fingerprint();
+                    if now == fingerprint {
+                        continue;
+                    }
+                    "file change"
+                }
+            };
+            let authorizer = self.authorizer.clone();
+            // Loading parses and validates every file: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || authorizer.reload(trigger)).await;
+            fingerprint = self.authorizer.source().fingerprint();
+        }
+    }
+}
+
 /// Run the gateway until a signal stops it.
 pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
     if let Some(a) = overrides.api_addr {
@@ -114,12 +159,34 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     if let Some(p) = overrides.policies_dir {
         config.policies_dir = p;
     }
+    // pingora binds with SO_REUSEPORT, which would let a second instance share a port
+    // silently: a plain bind first fails loudly when the address is taken.
+    for (name, addr) in [
+        ("api", config.listeners.api),
+        ("auth", config.listeners.auth),
+        ("admin", config.listeners.admin),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({name} listener): {e}"))?;
+    }
     jwt_self_test().map_err(|e| anyhow::anyhow!("JWT crypto self-test failed: {e}"))?;
     prepare_data_dir(&data_dir)?;
 
-    let bundle = load_policies(&config.policies_dir)?;
-    tracing::info!(version = %bundle.version, dir = %config.policies_dir.display(), "policies loaded");
-    let authorizer = Arc::new(Authorizer::new(bundle));
+    let source = PolicySource {
+        dir: config.policies_dir.clone(),
+        shadow_dir: config.policies.shadow_dir.clone(),
+    };
+    let authorizer = Arc::new(Authorizer::load(source, &config.decision_cache).map_err(
+        |errors| {
+            anyhow::anyhow!(
+                "the policies in {} are invalid:\n{}",
+                config.policies_dir.display(),
+                errors.join("\n")
+            )
+        },
+    )?);
+    tracing::info!(version = %authorizer.current().version, dir = %config.policies_dir.display(), "policies loaded");
+    let audit = AuditSink::open(&config.audit).map_err(|e| anyhow::anyhow!("audit output: {e}"))?;
     let issuer = open_issuer(&config, &data_dir)?;
 
     let mut sources = Vec::new();
@@ -181,6 +248,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         authorizer: authorizer.clone(),
         signer: AssertionSigner::new(&secret, config.assertion_ttl_seconds),
         upstream: upstream.clone(),
+        audit,
     };
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
     api.add_tcp(&config.listeners.api.to_string());
@@ -192,7 +260,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     let mut admin = Service::new(
         "admin".to_string(),
         Admin {
-            authorizer,
+            authorizer: authorizer.clone(),
             verifier: verifier.clone(),
             upstream,
         },
@@ -205,6 +273,16 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher { verifier },
+    ));
+    server.add_service(background_service(
+        "policy reload",
+        PolicyReloader {
+            authorizer,
+            watch: config
+                .policies
+                .watch
+                .then(|| Duration::from_millis(config.policies.watch_interval_ms)),
+        },
     ));
     tracing::info!(
         api = %config.listeners.api,

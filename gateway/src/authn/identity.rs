@@ -68,6 +68,41 @@ impl Identity {
         })
     }
 
+    /// The claims this identity was built from, as far as decisions use them: what the audit
+    /// log records so a decision can be replayed (never the token itself).
+    pub fn to_claims(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), Value::from(v.as_str()));
+            }
+        };
+        put("sub", &self.sub);
+        put("iss", &Some(self.issuer.clone()).filter(|i| !i.is_empty()));
+        put("workspaceId", &self.workspace_id);
+        put("accountId", &self.account_id);
+        put("userId", &self.user_id);
+        put("context", &self.context);
+        put("platform", &self.platform);
+        put("role", &self.role);
+        put("client_id", &self.client_id);
+        put("token_use", &self.token_use);
+        put("department", &self.department);
+        if self.sub.as_deref() != Some(self.principal_id.as_str())
+            && self.client_id.as_deref() != Some(self.principal_id.as_str())
+        {
+            m.insert("identityId".into(), self.principal_id.clone().into());
+        }
+        m.insert("scope".into(), self.scopes.join(" ").into());
+        m.insert("premium".into(), self.premium.into());
+        m.insert(
+            "onboardingCompleted".into(),
+            self.onboarding_completed.into(),
+        );
+        m.insert("exp".into(), self.exp.into());
+        m
+    }
+
     /// Whether this is a machine-to-machine caller.
     pub fn is_m2m(&self) -> bool {
         self.platform.as_deref() == Some("m2m")
@@ -107,6 +142,18 @@ mod tests {
         );
         assert_eq!(id(json!({"client_id":"c"})).unwrap().principal_id, "c");
         assert!(id(json!({"workspaceId":"w"})).is_none());
+    }
+
+    #[test]
+    fn claims_round_trip() {
+        for v in [
+            json!({"identityId":"i","sub":"s","workspaceId":"w","role":"Admin","scope":"a b","premium":true,"exp":5}),
+            json!({"client_id":"c","platform":"m2m","scope":"app/read","token_use":"access"}),
+        ] {
+            let a = id(v).unwrap();
+            let b = Identity::from_claims(&a.to_claims()).unwrap();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

@@ -130,6 +130,12 @@ fn full_message(e: &dyn std::error::Error) -> String {
 impl PolicyBundle {
     /// Load and validate a policy directory; every problem is reported, as `file:line:col: msg`.
     pub fn load(dir: &Path) -> Result<PolicyBundle, Vec<String>> {
+        Self::load_parts(dir, dir)
+    }
+
+    /// Load the schema and routes of `base` with the `*.cedar` policies of `policy_dir`
+    /// (a shadow set shares the active set's schema and routes).
+    pub fn load_parts(base: &Path, policy_dir: &Path) -> Result<PolicyBundle, Vec<String>> {
         let mut errors = Vec::new();
         let read = |name: &Path| {
             std::fs::read_to_string(name)
@@ -137,7 +143,7 @@ impl PolicyBundle {
         };
         let mut hasher = Sha256::new();
 
-        let schema_path = dir.join(SCHEMA_FILE);
+        let schema_path = base.join(SCHEMA_FILE);
         let schema_text = read(&schema_path).map_err(|e| vec![e])?;
         hasher.update(SCHEMA_FILE.as_bytes());
         hasher.update(schema_text.as_bytes());
@@ -154,7 +160,7 @@ impl PolicyBundle {
             }
         };
 
-        let routes_path = dir.join(ROUTES_FILE);
+        let routes_path = base.join(ROUTES_FILE);
         let routes = match read(&routes_path) {
             Ok(text) => {
                 hasher.update(ROUTES_FILE.as_bytes());
@@ -169,6 +175,7 @@ impl PolicyBundle {
             }
         };
 
+        let dir = policy_dir;
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(Result::ok)

@@ -1,18 +1,27 @@
 //! Stage 8: Cedar authorization. Fail closed: any evaluation error denies, even when Cedar's
 //! decision says Allow (Cedar skips a policy that errors, including a forbid).
+//!
+//! Reload lifecycle: a reload parses and validates the whole new set (and the shadow set)
+//! first; only a set that passes is swapped in, atomically, so a request keeps the bundle it
+//! started with. A refused set leaves the last good one serving and is recorded with its
+//! errors for `GET /admin/policies`.
 
 pub mod bundle;
+mod cache;
 pub mod mapping;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use cedar_policy::{Authorizer as CedarAuthorizer, Decision as CedarDecision};
 
 pub use bundle::PolicyBundle;
 pub use mapping::RequestFacts;
 
 use crate::authn::Identity;
+use crate::config::DecisionCacheSettings;
 
 /// The outcome of one authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,17 +60,136 @@ pub fn decide(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'
     }
 }
 
-/// The active policy bundle, swapped atomically: a request keeps the bundle it started with.
+/// Where the policies come from.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    pub dir: PathBuf,
+    /// The shadow set; `None` means `<dir>/shadow` when it exists.
+    pub shadow_dir: Option<PathBuf>,
+}
+
+impl PolicySource {
+    fn shadow_dir(&self) -> Option<PathBuf> {
+        match &self.shadow_dir {
+            Some(d) => Some(d.clone()),
+            None => {
+                let d = self.dir.join("shadow");
+                let has_policies = std::fs::read_dir(&d).is_ok_and(|rd| {
+                    rd.filter_map(Result::ok)
+                        .any(|e| e.path().extension().is_some_and(|x| x == "cedar"))
+                });
+                has_policies.then_some(d)
+            }
+        }
+    }
+
+    /// Load the active and shadow sets; both must be valid.
+    fn load(&self) -> Result<(PolicyBundle, Option<PolicyBundle>), Vec<String>> {
+        let active = PolicyBundle::load(&self.dir);
+        let shadow = self
+            .shadow_dir()
+            .map(|d| PolicyBundle::load_parts(&self.dir, &d));
+        match (active, shadow) {
+            (Ok(a), None) => Ok((a, None)),
+            (Ok(a), Some(Ok(s))) => Ok((a, Some(s))),
+            (Err(mut e), Some(Err(se))) => {
+                e.extend(se.into_iter().map(|x| format!("shadow: {x}")));
+                Err(e)
+            }
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(Err(se))) => Err(se.into_iter().map(|x| format!("shadow: {x}")).collect()),
+        }
+    }
+
+    /// A cheap fingerprint of the files (names, sizes, modification times) for change polling.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut dirs = vec![self.dir.clone()];
+        dirs.extend(
+            self.shadow_dir
+                .clone()
+                .or_else(|| Some(self.dir.join("shadow"))),
+        );
+        for d in dirs {
+            let mut entries: Vec<_> = std::fs::read_dir(&d)
+                .map(|rd| rd.filter_map(Result::ok).collect())
+                .unwrap_or_default();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                e.file_name().hash(&mut h);
+                if let Ok(m) = e.metadata() {
+                    m.len().hash(&mut h);
+                    m.modified().ok().hash(&mut h);
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+/// A refused reload.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub at: SystemTime,
+    pub trigger: String,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct ReloadStatus {
+    last_refused: Option<Refusal>,
+    reloads: u64,
+    refusals: u64,
+}
+
+/// One authorization with everything the audit line needs.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: Arc<Decision>,
+    /// The shadow set's decision, when there is a shadow set.
+    pub shadow: Option<Arc<Decision>>,
+    pub cache_hit: bool,
+}
+
+impl Outcome {
+    /// The shadow decision when it differs from the active one.
+    pub fn shadow_difference(&self) -> Option<&Decision> {
+        self.shadow
+            .as_deref()
+            .filter(|s| s.allowed != self.decision.allowed)
+    }
+}
+
+/// The active (and shadow) policy bundle, swapped atomically, plus the decision cache.
 pub struct Authorizer {
+    source: PolicySource,
     active: ArcSwap<PolicyBundle>,
+    shadow: ArcSwapOption<PolicyBundle>,
+    status: Mutex<ReloadStatus>,
+    cache: Option<cache::DecisionCache>,
+}
+
+fn epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Authorizer {
-    /// Start with a loaded bundle.
-    pub fn new(bundle: PolicyBundle) -> Authorizer {
-        Authorizer {
-            active: ArcSwap::from_pointee(bundle),
-        }
+    /// Load the policies (refusing to start on any error).
+    pub fn load(
+        source: PolicySource,
+        cache: &DecisionCacheSettings,
+    ) -> Result<Authorizer, Vec<String>> {
+        let (active, shadow) = source.load()?;
+        Ok(Authorizer {
+            source,
+            active: ArcSwap::from_pointee(active),
+            shadow: ArcSwapOption::from(shadow.map(Arc::new)),
+            status: Mutex::new(ReloadStatus::default()),
+            cache: cache.enabled.then(|| cache::DecisionCache::new(cache)),
+        })
     }
 
     /// The bundle in force now.
@@ -69,9 +197,97 @@ impl Authorizer {
         self.active.load_full()
     }
 
-    /// Activate a new bundle.
-    pub fn swap(&self, bundle: PolicyBundle) {
-        self.active.store(Arc::new(bundle));
+    /// Where the policies are read from.
+    pub fn source(&self) -> &PolicySource {
+        &self.source
+    }
+
+    /// Validate the files again and, if they pass, activate them. Returns the new version.
+    pub fn reload(&self, trigger: &str) -> Result<String, Vec<String>> {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match self.source.load() {
+            Ok((active, shadow)) => {
+                let version = active.version.clone();
+                let changed = version != self.active.load().version;
+                self.active.store(Arc::new(active));
+                self.shadow.store(shadow.map(Arc::new));
+                status.reloads += 1;
+                crate::metrics::policy_reload("ok");
+                tracing::info!(trigger, version = %version, changed, "policies reloaded");
+                Ok(version)
+            }
+            Err(errors) => {
+                status.refusals += 1;
+                crate::metrics::policy_reload("refused");
+                tracing::warn!(trigger, errors = ?errors, "policy reload refused; the last good set keeps serving");
+                status.last_refused = Some(Refusal {
+                    at: SystemTime::now(),
+                    trigger: trigger.to_string(),
+                    errors: errors.clone(),
+                });
+                Err(errors)
+            }
+        }
+    }
+
+    /// Decide with the active set (through the cache) and the shadow set.
+    pub fn authorize(
+        &self,
+        bundle: &PolicyBundle,
+        identity: &Identity,
+        facts: &RequestFacts<'_>,
+    ) -> Outcome {
+        let shadow = self.shadow.load_full();
+        let key = self
+            .cache
+            .as_ref()
+            .map(|_| cache::key(bundle, shadow.as_deref(), identity, facts));
+        if let (Some(c), Some(k)) = (&self.cache, &key)
+            && let Some(hit) = c.get(k)
+        {
+            return Outcome {
+                decision: hit.0,
+                shadow: hit.1,
+                cache_hit: true,
+            };
+        }
+        let decision = Arc::new(decide(bundle, identity, facts));
+        let shadow = shadow.map(|s| Arc::new(decide(&s, identity, facts)));
+        if let (Some(c), Some(k)) = (&self.cache, key) {
+            c.insert(k, (decision.clone(), shadow.clone()));
+        }
+        Outcome {
+            decision,
+            shadow,
+            cache_hit: false,
+        }
+    }
+
+    /// `GET /admin/policies`: the active version, when it loaded, the last refused attempt.
+    pub fn status_json(&self) -> serde_json::Value {
+        let b = self.current();
+        let shadow = self.shadow.load_full();
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "version": b.version,
+            "loadedAt": epoch(b.loaded_at),
+            "dir": b.dir.display().to_string(),
+            "policies": b.policies.policies().count(),
+            "routes": b.routes.routes.len(),
+            "shadow": shadow.map(|s| serde_json::json!({
+                "version": s.version,
+                "dir": s.dir.display().to_string(),
+                "policies": s.policies.policies().count(),
+            })),
+            "reloads": status.reloads,
+            "refusals": status.refusals,
+            "lastRefused": status.last_refused.as_ref().map(|r| serde_json::json!({
+                "at": epoch(r.at),
+                "trigger": r.trigger,
+                "errors": r.errors,
+            })),
+            "decisionCache": self.cache.as_ref().map(|c| serde_json::json!({"entries": c.entry_count()})),
+        })
     }
 }
 
