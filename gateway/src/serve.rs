@@ -239,6 +239,12 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             .into_owned(),
         ..ServerConf::default()
     };
+    // The pid file lets operators signal this instance (`kill -HUP $(cat data/cedargate.pid)`).
+    std::fs::write(
+        data_dir.join("cedargate.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write the pid file in {}: {e}", data_dir.display()))?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
