@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use cedar_policy::{Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use sha2::{Digest, Sha256};
 
+use super::index::PolicyIndex;
 use crate::routes::RouteTable;
 
 /// File names inside a policy directory.
@@ -30,6 +31,8 @@ pub struct PolicyBundle {
     /// Per route (same index as `routes.routes`): its action entity, built once per load.
     pub(crate) action_entities: Vec<Entity>,
     pub(crate) action_uids: Vec<EntityUid>,
+    /// The policies that can apply, per route and workspace.
+    pub(crate) index: PolicyIndex,
     /// Per role: the role itself and every role below it (the hierarchy, closed).
     pub(crate) role_closure: HashMap<String, HashSet<EntityUid>>,
 }
@@ -264,7 +267,8 @@ impl PolicyBundle {
         let (Some(schema), Some(routes)) = (schema, routes) else {
             return Err(errors);
         };
-        let (action_entities, action_uids) = match route_actions(&schema, &routes) {
+        let (action_entities, action_uids, action_ancestors) = match route_actions(&schema, &routes)
+        {
             Ok(v) => v,
             Err(mut e) => {
                 errors.append(&mut e);
@@ -275,7 +279,9 @@ impl PolicyBundle {
             return Err(errors);
         }
         let version = hex::encode(hasher.finalize())[..16].to_string();
+        let index = PolicyIndex::build(&policies, &action_uids, &action_ancestors);
         Ok(PolicyBundle {
+            index,
             version,
             loaded_at: SystemTime::now(),
             dir: dir.to_path_buf(),
@@ -292,16 +298,16 @@ impl PolicyBundle {
 
 /// Route-table consistency: every route's action is in the schema, and every route action
 /// of the schema (`"<method> <path>"`) has a route.
-fn route_actions(
-    schema: &Schema,
-    routes: &RouteTable,
-) -> Result<(Vec<Entity>, Vec<EntityUid>), Vec<String>> {
+type RouteActions = (Vec<Entity>, Vec<EntityUid>, Vec<HashSet<EntityUid>>);
+
+fn route_actions(schema: &Schema, routes: &RouteTable) -> Result<RouteActions, Vec<String>> {
     let actions = schema
         .action_entities()
         .map_err(|e| vec![format!("{SCHEMA_FILE}: {e}")])?;
     let mut errors = Vec::new();
     let mut entities = Vec::new();
     let mut uids = Vec::new();
+    let mut ancestors = Vec::new();
     let mut routed = HashSet::new();
     for route in &routes.routes {
         let uid = action_uid(&route.action);
@@ -315,6 +321,12 @@ fn route_actions(
                 route.method, route.template, route.action
             )),
         }
+        let mut anc: HashSet<EntityUid> = actions
+            .ancestors(&uid)
+            .map(|a| a.cloned().collect())
+            .unwrap_or_default();
+        anc.insert(uid.clone());
+        ancestors.push(anc);
         uids.push(uid);
     }
     for entity in actions.iter() {
@@ -332,7 +344,7 @@ fn route_actions(
         }
     }
     if errors.is_empty() {
-        Ok((entities, uids))
+        Ok((entities, uids, ancestors))
     } else {
         Err(errors)
     }

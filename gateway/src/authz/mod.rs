@@ -8,6 +8,7 @@
 
 pub mod bundle;
 mod cache;
+mod index;
 pub mod mapping;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use cedar_policy::{Authorizer as CedarAuthorizer, Decision as CedarDecision};
+use cedar_policy::{Authorizer as CedarAuthorizer, Decision as CedarDecision, PolicySet};
 
 pub use bundle::PolicyBundle;
 pub use mapping::RequestFacts;
@@ -35,8 +36,23 @@ pub struct Decision {
     pub policy_version: String,
 }
 
-/// Decide one request against a bundle.
+/// Decide one request against a bundle (evaluating only the policies its index says can apply).
 pub fn decide(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_>) -> Decision {
+    let workspace = facts.route.param("workspaceId").unwrap_or_default();
+    let policies = bundle
+        .index
+        .slice(facts.route.route_index, workspace)
+        .unwrap_or(&bundle.policies);
+    decide_with(bundle, policies, identity, facts)
+}
+
+/// Decide one request against an explicit policy set.
+fn decide_with(
+    bundle: &PolicyBundle,
+    policies: &PolicySet,
+    identity: &Identity,
+    facts: &RequestFacts<'_>,
+) -> Decision {
     let deny = |errors: Vec<String>| Decision {
         allowed: false,
         reasons: Vec::new(),
@@ -47,11 +63,11 @@ pub fn decide(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'
         Ok(i) => i,
         Err(e) => return deny(vec![format!("request mapping failed: {e}")]),
     };
-    let response =
-        CedarAuthorizer::new().is_authorized(&input.request, &bundle.policies, &input.entities);
+    let response = CedarAuthorizer::new().is_authorized(&input.request, policies, &input.entities);
     let diagnostics = response.diagnostics();
     let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-    let reasons: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
+    let mut reasons: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
+    reasons.sort();
     Decision {
         allowed: response.decision() == CedarDecision::Allow && errors.is_empty(),
         reasons,

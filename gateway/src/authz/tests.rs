@@ -247,3 +247,64 @@ fn m2m_scopes_premium_onboarding_reports_delegation() {
         .allowed
     );
 }
+
+#[test]
+fn the_index_decides_exactly_like_the_whole_set() {
+    // The default pack plus tenant-pinned and action-specific policies.
+    let dir = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"));
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut extra = String::new();
+    for (i, ws) in ["ws-a", "ws-b"].iter().enumerate() {
+        extra.push_str(&format!(
+            "@id(\"pin-{i}\")\nforbid (principal, action == Action::\"get /app/v1/workspaces/{{workspaceId}}/badges\", resource in Workspace::\"{ws}\") when {{ principal.department == \"blocked\" }};\n"
+        ));
+        extra.push_str(&format!(
+            "@id(\"pin-permit-{i}\")\npermit (principal, action in Action::\"AppRead\", resource in Workspace::\"{ws}\") when {{ principal.department == \"guests\" }};\n"
+        ));
+    }
+    std::fs::write(dir.path().join("extra.cedar"), extra).unwrap();
+    let b = PolicyBundle::load(dir.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let templates: Vec<String> = b.routes.routes.iter().map(|r| r.template.clone()).collect();
+    let mut checked = 0;
+    for (ri, template) in templates.iter().enumerate() {
+        for ws in ["ws-a", "ws-b", "ws-c"] {
+            let path = template
+                .replace("{workspaceId}", ws)
+                .replace("{departmentId}", "sales")
+                .replace(['{', '}'], "");
+            let segments = split_path(&path).unwrap();
+            let m = b
+                .routes
+                .find(&b.routes.routes[ri].method, &segments)
+                .unwrap();
+            for role in ["Owner", "Manager", "Viewer", ""] {
+                for dept in ["blocked", "guests", "sales"] {
+                    for claims in [
+                        json!({"sub":"u","workspaceId":"ws-a","role":role,"context":"dashboard","platform":"web","department":dept}),
+                        json!({"sub":"c","workspaceId":ws,"platform":"m2m","scope":"app/read dashboard/write","department":dept}),
+                    ] {
+                        let id = identity(claims);
+                        for user in [None, Some("u2")] {
+                            let facts = RequestFacts {
+                                route: &m,
+                                query: &[],
+                                impersonated_user: user,
+                            };
+                            let sliced = decide(&b, &id, &facts);
+                            let whole = decide_with(&b, &b.policies, &id, &facts);
+                            assert_eq!(sliced, whole, "{path} {id:?}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000);
+}
