@@ -5,6 +5,7 @@ mod audit;
 mod auth_domain;
 mod authn;
 mod authz;
+mod bench;
 mod config;
 mod error;
 mod forward;
@@ -78,6 +79,25 @@ enum Command {
     },
     /// Hash a client secret for the config (reads the secret from stdin).
     HashSecret,
+    /// Measurements for bench/ (see bench/README.md).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Decision time: default pack, decision cache, 1,000 and 10,000 generated policies.
+    Authz {
+        /// Policy directory.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// Decisions measured per configuration.
+        #[arg(long, default_value_t = 50_000)]
+        iterations: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench {
+            command:
+                BenchCommand::Authz {
+                    policies,
+                    iterations,
+                },
+        } => bench::authz(&policies, iterations.max(1)),
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_to_string(&mut secret)?;

@@ -43,9 +43,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The embedded default configuration, `config/cedargate.toml`.
+/// The config the tests run: `CEDARGATE_CONFIG`, else the embedded default
+/// `config/cedargate.toml`.
 pub fn default_config() -> PathBuf {
-    workspace_root().join("config").join("cedargate.toml")
+    match std::env::var_os("CEDARGATE_CONFIG") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root().join("config").join("cedargate.toml"),
+    }
 }
 
 /// The `cedargate` binary under test: `CEDARGATE_BIN`, else `<target dir>/debug/cedargate`.

@@ -113,11 +113,16 @@ impl Answer {
         problems
     }
 
-    /// Panics unless this is `status` with an error envelope whose code is `code`.
+    /// Panics unless this is `status` with an error envelope whose code is `code`, answered by
+    /// the gateway itself (not forwarded).
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "status of {self}");
         assert_eq!(self.code().as_deref(), Some(code), "code of {self}");
+        assert!(
+            !self.forwarded(),
+            "the gateway itself should answer, not the backend: {self}"
+        );
         let problems = self.envelope_problems();
         assert!(
             problems.is_empty(),

@@ -267,14 +267,21 @@ fn not_allowed(answer: &Answer, may_be_gone: bool) -> Option<String> {
     None
 }
 
-/// Why `answer` is not a policy denial, if it is not.
+/// Why `answer` is not the gateway's policy denial, if it is not.
+///
+/// The backend refusing a request the gateway let through (it double-checks some rules) does
+/// not count: the policy pack must deny it before it is forwarded.
 fn not_denied(answer: &Answer) -> Option<String> {
-    if answer.status == 403 && answer.code().as_deref() == Some("auth/insufficient_permissions") {
-        None
-    } else {
+    if answer.status != 403 || answer.code().as_deref() != Some("auth/insufficient_permissions") {
         Some(format!(
             "expected 403 auth/insufficient_permissions: {answer}"
         ))
+    } else if answer.forwarded() {
+        Some(format!(
+            "denied by the backend, but the gateway forwarded it: {answer}"
+        ))
+    } else {
+        None
     }
 }
 

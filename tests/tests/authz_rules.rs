@@ -45,13 +45,16 @@ fn judge(case: &Case, answer: &Answer) -> Option<String> {
             && answer.status < 500
             && (answer.status != 404 || answer.forwarded())
     } else {
-        answer.status == 403 && answer.code().as_deref() == Some("auth/insufficient_permissions")
+        // Denied by the gateway's policy, not by the backend after forwarding.
+        answer.status == 403
+            && answer.code().as_deref() == Some("auth/insufficient_permissions")
+            && !answer.forwarded()
     };
     (!ok).then(|| {
         let verdict = if case.allow {
             "allow"
         } else {
-            "deny (403 auth/insufficient_permissions)"
+            "deny (403 auth/insufficient_permissions, not forwarded)"
         };
         format!(
             "{} {} as {} should {verdict}: {answer}",

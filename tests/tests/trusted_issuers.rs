@@ -63,8 +63,8 @@ async fn tokens_of_a_trusted_issuer_are_accepted_and_its_keys_outlive_it() {
         .assert_status(200);
 }
 
-/// A `serve` that is never ready (no keys), killed on drop.
-struct Unready(Child, tempfile::TempDir);
+/// A `serve` that is never ready (no keys), killed on drop; it owns its data dir.
+struct Unready(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Unready {
     fn drop(&mut self) {
