@@ -13,6 +13,14 @@ use sha2::{Digest, Sha256};
 use super::index::PolicyIndex;
 use crate::routes::RouteTable;
 
+/// Entity type names the mapping needs, parsed once per load.
+pub(crate) struct EntityTypes {
+    pub identity: cedar_policy::EntityTypeName,
+    pub workspace: cedar_policy::EntityTypeName,
+    /// Per route: its resource type.
+    pub resources: Vec<cedar_policy::EntityTypeName>,
+}
+
 /// File names inside a policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const ROUTES_FILE: &str = "routes.toml";
@@ -31,6 +39,8 @@ pub struct PolicyBundle {
     /// Per route (same index as `routes.routes`): its action entity, built once per load.
     pub(crate) action_entities: Vec<Entity>,
     pub(crate) action_uids: Vec<EntityUid>,
+    /// Entity type names, parsed once.
+    pub(crate) types: EntityTypes,
     /// The policies that can apply, per route and workspace.
     pub(crate) index: PolicyIndex,
     /// Per role: the role itself and every role below it (the hierarchy, closed).
@@ -280,7 +290,19 @@ impl PolicyBundle {
         }
         let version = hex::encode(hasher.finalize())[..16].to_string();
         let index = PolicyIndex::build(&policies, &action_uids, &action_ancestors);
+        let parse =
+            |n: &str| super::mapping::type_name(n).map_err(|e| vec![format!("{ROUTES_FILE}: {e}")]);
+        let types = EntityTypes {
+            identity: parse("Identity")?,
+            workspace: parse("Workspace")?,
+            resources: routes
+                .routes
+                .iter()
+                .map(|r| parse(&r.resource_type))
+                .collect::<Result<_, _>>()?,
+        };
         Ok(PolicyBundle {
+            types,
             index,
             version,
             loaded_at: SystemTime::now(),

@@ -30,7 +30,7 @@ pub struct CedarInput {
     pub entities: Entities,
 }
 
-fn type_name(name: &str) -> Result<EntityTypeName, String> {
+pub(crate) fn type_name(name: &str) -> Result<EntityTypeName, String> {
     name.parse()
         .map_err(|e| format!("bad entity type `{name}`: {e}"))
 }
@@ -61,7 +61,7 @@ pub fn build(
         .ok_or("route without workspaceId")?;
 
     // Principal: claims only. Machine callers get no role parents: they act by scope.
-    let principal_uid = uid(type_name("Identity")?, &identity.principal_id);
+    let principal_uid = uid(bundle.types.identity.clone(), &identity.principal_id);
     let parents: HashSet<EntityUid> = match (&identity.role, identity.is_m2m()) {
         (Some(role), false) => bundle.role_closure.get(role).cloned().unwrap_or_default(),
         _ => HashSet::new(),
@@ -90,7 +90,7 @@ pub fn build(
 
     // Resource: of the route's type, named by its path parameter (or the workspace itself),
     // inside Workspace::"<workspaceId from the path>".
-    let workspace_uid = uid(type_name("Workspace")?, workspace_id);
+    let workspace_uid = uid(bundle.types.workspace.clone(), workspace_id);
     let ws_attr = || HashMap::from([("workspaceId".to_string(), string(workspace_id))]);
     let workspace =
         Entity::new(workspace_uid.clone(), ws_attr(), HashSet::new()).map_err(|e| e.to_string())?;
@@ -101,7 +101,15 @@ pub fn build(
                 .route
                 .param(param)
                 .ok_or("missing resource parameter")?;
-            let r_uid = uid(type_name(&route.resource_type)?, id);
+            let r_uid = uid(
+                bundle
+                    .types
+                    .resources
+                    .get(facts.route.route_index)
+                    .cloned()
+                    .ok_or("route index out of range")?,
+                id,
+            );
             let entity = Entity::new(
                 r_uid.clone(),
                 ws_attr(),
