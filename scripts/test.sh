@@ -22,4 +22,13 @@ cargo build --locked --workspace --all-targets
 
 echo "==> tests"
 export CEDARGATE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/cedargate"
-cargo test --locked --workspace -- --test-threads="${TEST_THREADS:-4}"
+log=$(mktemp)
+set +e
+cargo test --locked --workspace --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+rm -f "$log"
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
