@@ -26,21 +26,26 @@ impl Setup {
                 std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
             }
         }
-        let text = std::fs::read_to_string(default_config()).unwrap();
-        let text = text.replace(
-            "[policies]\ndir = \"../policies\"",
-            &format!(
-                "[policies]\ndir = {:?}\nwatch = {watch}\nwatch_interval_ms = 200",
-                policies.display().to_string()
-            ),
-        );
+        // Line edits of the default config: our policy copy, watch on or off, audit to a file.
+        let audit = dir.path().join("audit.jsonl");
+        let mut lines: Vec<String> = Vec::new();
+        for line in std::fs::read_to_string(default_config()).unwrap().lines() {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            match key {
+                "watch" | "watch_interval_ms" => continue,
+                "dir" if line.contains("../policies") => {
+                    lines.push(format!("dir = {:?}", policies.display().to_string()));
+                    lines.push(format!("watch = {watch}"));
+                    lines.push("watch_interval_ms = 200".into());
+                }
+                "output" => lines.push(format!("output = {:?}", audit.display().to_string())),
+                _ => lines.push(line.to_string()),
+            }
+        }
+        let text = lines.join("\n");
         assert!(
-            text.contains("watch_interval_ms"),
+            text.contains("watch_interval_ms") && text.contains("audit.jsonl"),
             "the default config changed shape"
-        );
-        let text = format!(
-            "{text}\n[audit]\noutput = {:?}\n",
-            dir.path().join("audit.jsonl").display().to_string()
         );
         std::fs::write(dir.path().join("cedargate.toml"), text).unwrap();
         Setup { dir }
