@@ -134,6 +134,7 @@ pub fn record(sink: &AuditSink, ctx: &RequestCtx, status: u16) {
         decision,
         ctx.started.elapsed().as_secs_f64(),
     );
+    crate::metrics::observe_stages(ctx.authn, ctx.authz, ctx.upstream);
     tracing::info!(
         target: "access",
         request_id = %ctx.request_id,

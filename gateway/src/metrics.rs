@@ -83,6 +83,24 @@ pub static AUDIT_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Latency of each pipeline stage.
+pub static STAGE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let h = HistogramVec::new(
+        HistogramOpts::new(
+            "cedargate_stage_duration_seconds",
+            "Latency of each pipeline stage (authn, authz, upstream)",
+        )
+        .buckets(vec![
+            0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+            0.01, 0.05, 0.25, 1.0,
+        ]),
+        &["stage"],
+    )
+    .expect("valid metric");
+    let _ = REGISTRY.register(Box::new(h.clone()));
+    h
+});
+
 /// Count a policy reload.
 pub fn policy_reload(result: &str) {
     RELOADS.with_label_values(&[result]).inc();
@@ -112,6 +130,29 @@ pub fn observe(route: &str, method: &str, status: u16, decision: &str, seconds: 
     LATENCY.with_label_values(&[route]).observe(seconds);
 }
 
+/// Record the stage durations of one request (a stage that did not run is not recorded).
+pub fn observe_stages(
+    authn: std::time::Duration,
+    authz: std::time::Duration,
+    upstream: Option<std::time::Duration>,
+) {
+    if !authn.is_zero() {
+        STAGE
+            .with_label_values(&["authn"])
+            .observe(authn.as_secs_f64());
+    }
+    if !authz.is_zero() {
+        STAGE
+            .with_label_values(&["authz"])
+            .observe(authz.as_secs_f64());
+    }
+    if let Some(u) = upstream {
+        STAGE
+            .with_label_values(&["upstream"])
+            .observe(u.as_secs_f64());
+    }
+}
+
 /// Methods outside the standard set collapse into one label value.
 fn method_label(m: &str) -> &str {
     match m {
@@ -128,6 +169,7 @@ pub fn render() -> String {
     LazyLock::force(&CACHE);
     LazyLock::force(&SHADOW);
     LazyLock::force(&AUDIT_DROPPED);
+    LazyLock::force(&STAGE);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -122,7 +122,9 @@ impl Verifier {
     /// Verify a token and return the identity it carries.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthnError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(identity) = self.cache.get(&digest) {
+        let cached = self.cache.get(&digest);
+        crate::metrics::cache_lookup("token", cached.is_some());
+        if let Some(identity) = cached {
             // The cache expires entries at `exp`; check again so a late eviction never admits.
             if identity.exp + self.settings.leeway_seconds > now_secs() {
                 return Ok(identity);

@@ -1,0 +1,63 @@
+//! Metrics move as requests flow: scrape, send, scrape.
+
+use e2e_tests::claims::human;
+use e2e_tests::gateway::Gateway;
+use e2e_tests::http::{bearer, client, send};
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn request_decision_stage_and_cache_metrics_move() {
+    let gw = Gateway::start();
+    let c = client();
+    let scrape = || async {
+        send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
+            .await
+            .text()
+    };
+    let before = scrape().await;
+    let member = gw.mint(&human("Member", "app"), None);
+    let missions = gw.api_url("/app/v1/workspaces/ws-demo/missions");
+    for _ in 0..3 {
+        send(&c, "GET", &missions, &[bearer(&member)], None)
+            .await
+            .assert_status(200);
+    }
+    send(
+        &c,
+        "GET",
+        &gw.api_url("/dashboard/v1/workspaces/ws-demo/users"),
+        &[bearer(&member)],
+        None,
+    )
+    .await
+    .assert_error(403, "auth/insufficient_permissions");
+    let after = scrape().await;
+
+    let allowed = "cedargate_requests_total{decision=\"allow\",method=\"GET\",route=\"get /app/v1/workspaces/{workspaceId}/missions\",status=\"200\"}";
+    assert_eq!(
+        value(&after, allowed) - value(&before, allowed),
+        3.0,
+        "{after}"
+    );
+    let denied = "cedargate_requests_total{decision=\"deny\",method=\"GET\",route=\"get /dashboard/v1/workspaces/{workspaceId}/users\",status=\"403\"}";
+    assert_eq!(value(&after, denied) - value(&before, denied), 1.0);
+    for stage in ["authn", "authz", "upstream"] {
+        let series = format!("cedargate_stage_duration_seconds_count{{stage=\"{stage}\"}}");
+        assert!(
+            value(&after, &series) > value(&before, &series),
+            "stage {stage} not recorded"
+        );
+    }
+    let token_hits = "cedargate_cache_lookups_total{cache=\"token\",result=\"hit\"}";
+    assert!(value(&after, token_hits) - value(&before, token_hits) >= 3.0);
+    let decision_hits = "cedargate_cache_lookups_total{cache=\"decision\",result=\"hit\"}";
+    assert!(value(&after, decision_hits) - value(&before, decision_hits) >= 2.0);
+    // Raw paths and ids never become label values.
+    assert!(!after.contains("ws-demo"), "raw path in a label");
+}
