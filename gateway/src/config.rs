@@ -53,9 +53,26 @@ struct RawConfig {
     #[serde(default)]
     forward: RawForward,
     #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
     decision_cache: RawDecisionCache,
     #[serde(default)]
     audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    api: Option<RawCert>,
+    auth: Option<RawCert>,
+    admin: Option<RawCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -205,12 +222,22 @@ pub enum AuditOutput {
     Off,
 }
 
-/// Listener addresses.
+/// Listener addresses, and TLS where configured.
 #[derive(Debug, Clone)]
 pub struct Listeners {
     pub api: SocketAddr,
     pub auth: SocketAddr,
     pub admin: SocketAddr,
+    pub api_tls: Option<CertFiles>,
+    pub auth_tls: Option<CertFiles>,
+    pub admin_tls: Option<CertFiles>,
+}
+
+/// A PEM certificate chain and its private key (TLS 1.2 and 1.3 only).
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Process-level pingora settings.
@@ -305,6 +332,20 @@ impl Validator<'_> {
         Ok(value.trim_end_matches('/').to_string())
     }
 
+    fn cert(&self, key: &str, raw: Option<RawCert>) -> Result<Option<CertFiles>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let files = CertFiles {
+            cert_file: self.resolve(&raw.cert_file),
+            key_file: self.resolve(&raw.key_file),
+        };
+        for (k, path) in [("cert_file", &files.cert_file), ("key_file", &files.key_file)] {
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(self.invalid(&format!("{key}.{k}"), format!("cannot read {}: {e}", path.display())));
+            }
+        }
+        Ok(Some(files))
+    }
+
     fn resolve(&self, p: &str) -> PathBuf {
         let p = PathBuf::from(p);
         if p.is_absolute() {
@@ -319,6 +360,9 @@ impl Validator<'_> {
             api: self.addr("listeners.api", raw.listeners.api, "127.0.0.1:8080")?,
             auth: self.addr("listeners.auth", raw.listeners.auth, "127.0.0.1:8081")?,
             admin: self.addr("listeners.admin", raw.listeners.admin, "127.0.0.1:9090")?,
+            api_tls: self.cert("tls.api", raw.tls.api)?,
+            auth_tls: self.cert("tls.auth", raw.tls.auth)?,
+            admin_tls: self.cert("tls.admin", raw.tls.admin)?,
         };
         let threads = raw.server.threads.unwrap_or(2);
         if threads == 0 || threads > 256 {

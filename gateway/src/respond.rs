@@ -1,6 +1,7 @@
 //! Stage 10, the answer: error envelopes written by the gateway itself, and the headers
 //! every response carries.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pingora::Result;
@@ -17,11 +18,18 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("referrer-policy", "no-referrer"),
 ];
 
+/// Set at start-up when a listener serves TLS: then responses carry HSTS (user agents
+/// ignore the header on plain HTTP, RFC 6797 §8.1).
+pub static TLS_ENABLED: AtomicBool = AtomicBool::new(false);
+
 /// Add the request id and security headers; hide the upstream's server banner.
 pub fn decorate(resp: &mut ResponseHeader, request_id: &str) -> Result<()> {
     resp.insert_header(request_id::HEADER, request_id)?;
     for (k, v) in SECURITY_HEADERS {
         resp.insert_header(*k, *v)?;
+    }
+    if TLS_ENABLED.load(Ordering::Relaxed) {
+        resp.insert_header("strict-transport-security", "max-age=31536000; includeSubDomains")?;
     }
     resp.remove_header("server");
     Ok(())

@@ -16,7 +16,7 @@ use crate::audit::AuditSink;
 use crate::auth_domain::AuthDomain;
 use crate::authn::{KeyRing, KeySource, Verifier};
 use crate::authz::{Authorizer, PolicyBundle, PolicySource};
-use crate::config::{BackendTarget, Config};
+use crate::config::{BackendTarget, CertFiles, Config};
 use crate::forward::{self, AssertionSigner};
 use crate::proxy::{Gateway, Upstream};
 
@@ -145,6 +145,21 @@ impl BackgroundService for PolicyReloader {
     }
 }
 
+/// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service.
+fn listen<A>(service: &mut Service<A>, addr: std::net::SocketAddr, tls: Option<&CertFiles>) -> anyhow::Result<()> {
+    match tls {
+        None => service.add_tcp(&addr.to_string()),
+        Some(t) => service
+            .add_tls(
+                &addr.to_string(),
+                &t.cert_file.to_string_lossy(),
+                &t.key_file.to_string_lossy(),
+            )
+            .map_err(|e| anyhow::anyhow!("TLS on {addr}: {e}"))?,
+    }
+    Ok(())
+}
+
 /// Run the gateway until a signal stops it.
 pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
     if let Some(a) = overrides.api_addr {
@@ -245,6 +260,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         format!("{}\n", std::process::id()),
     )
     .map_err(|e| anyhow::anyhow!("cannot write the pid file in {}: {e}", data_dir.display()))?;
+    let any_tls = [&config.listeners.api_tls, &config.listeners.auth_tls, &config.listeners.admin_tls]
+        .iter()
+        .any(|t| t.is_some());
+    crate::respond::TLS_ENABLED.store(any_tls, std::sync::atomic::Ordering::Relaxed);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
@@ -257,11 +276,11 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         audit,
     };
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
-    api.add_tcp(&config.listeners.api.to_string());
+    listen(&mut api, config.listeners.api, config.listeners.api_tls.as_ref())?;
 
     let mut auth =
         pingora::proxy::http_proxy_service_with_name(&conf, AuthDomain { issuer }, "auth");
-    auth.add_tcp(&config.listeners.auth.to_string());
+    listen(&mut auth, config.listeners.auth, config.listeners.auth_tls.as_ref())?;
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -271,7 +290,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             upstream,
         },
     );
-    admin.add_tcp(&config.listeners.admin.to_string());
+    listen(&mut admin, config.listeners.admin, config.listeners.admin_tls.as_ref())?;
 
     server.add_service(api);
     server.add_service(auth);

@@ -1,0 +1,148 @@
+//! TLS on the api listener: 1.2 and 1.3 accepted, 1.0/1.1 refused, HSTS on answers. The
+//! certificate is generated per test with the openssl CLI (scripts/test.sh installs it).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use e2e_tests::gateway::{Gateway, default_config, workspace_root};
+
+fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the openssl CLI is needed for the TLS tests (scripts/test.sh installs it)")
+}
+
+fn tls_config(dir: &Path) -> std::path::PathBuf {
+    // A CA and a leaf it signs (webpki refuses a self-signed CA as the server certificate).
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cedargate-test-ca",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ][..],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ][..],
+    ] {
+        let out = openssl(args, dir);
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let policies = workspace_root().join("policies");
+    let text = std::fs::read_to_string(default_config()).unwrap().replace(
+        "dir = \"../policies\"",
+        &format!("dir = {:?}", policies.display().to_string()),
+    );
+    let text = format!(
+        "{text}\n[tls.api]\ncert_file = {:?}\nkey_file = {:?}\n",
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string()
+    );
+    let path = dir.join("tls.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Whether `openssl s_client` completes a handshake with `version` (e.g. "-tls1_2").
+fn handshake(addr: &str, version: &str, dir: &Path) -> bool {
+    let out = openssl(
+        &["s_client", "-connect", addr, version, "-CAfile", "ca.pem"],
+        dir,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains("Verify return code: 0") && !text.contains("Cipher is (NONE)")
+}
+
+#[tokio::test]
+async fn api_listener_speaks_tls_1_2_and_1_3_only_with_hsts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tls_config(dir.path());
+    let gw = Gateway::start_with(&config, &[]);
+    let addr = gw.api.to_string();
+    assert!(handshake(&addr, "-tls1_2", dir.path()), "TLS 1.2 must work");
+    assert!(handshake(&addr, "-tls1_3", dir.path()), "TLS 1.3 must work");
+    assert!(
+        !handshake(&addr, "-tls1_1", dir.path()),
+        "TLS 1.1 must be refused"
+    );
+
+    // An HTTP request over TLS 1.3: answered, with HSTS.
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client", "-quiet", "-connect", &addr, "-tls1_3", "-CAfile", "ca.pem",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"GET /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(
+        text.contains("strict-transport-security: max-age="),
+        "{text}"
+    );
+    // Plain HTTP on the TLS port is not served.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status().as_u16() >= 400);
+}
