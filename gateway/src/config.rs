@@ -55,9 +55,21 @@ struct RawConfig {
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
+    cors: RawCors,
+    #[serde(default)]
     decision_cache: RawDecisionCache,
     #[serde(default)]
     audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allowed_origins: Option<Vec<String>>,
+    allowed_methods: Option<Vec<String>>,
+    allowed_headers: Option<Vec<String>>,
+    max_age_seconds: Option<u64>,
+    allow_credentials: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -187,6 +199,7 @@ pub struct Config {
     pub log_level: String,
     pub policies_dir: PathBuf,
     pub policies: PolicySettings,
+    pub cors: crate::cors::Cors,
     pub decision_cache: DecisionCacheSettings,
     pub audit: AuditOutput,
     pub authn: AuthnSettings,
@@ -332,6 +345,33 @@ impl Validator<'_> {
         Ok(value.trim_end_matches('/').to_string())
     }
 
+    fn cors(&self, raw: RawCors) -> Result<crate::cors::Cors, ConfigError> {
+        let origins = raw.allowed_origins.unwrap_or_default();
+        for o in &origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(self.invalid("cors.allowed_origins", format!("`{o}` is not an origin (scheme://host[:port]) or *")));
+            }
+        }
+        let allow_credentials = raw.allow_credentials.unwrap_or(false);
+        if allow_credentials && origins.iter().any(|o| o == "*") {
+            return Err(self.invalid("cors.allow_credentials", "cannot be true with the origin *"));
+        }
+        let lower = |v: Vec<String>| v.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+        Ok(crate::cors::Cors {
+            allowed_origins: origins,
+            allowed_methods: raw
+                .allowed_methods
+                .unwrap_or_else(|| ["GET", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()),
+            allowed_headers: lower(raw.allowed_headers.unwrap_or_else(|| {
+                ["authorization", "content-type", "x-request-id", "x-user-id", "x-idempotency-key"]
+                    .map(String::from)
+                    .to_vec()
+            })),
+            max_age_seconds: raw.max_age_seconds.unwrap_or(600),
+            allow_credentials,
+        })
+    }
+
     fn cert(&self, key: &str, raw: Option<RawCert>) -> Result<Option<CertFiles>, ConfigError> {
         let Some(raw) = raw else { return Ok(None) };
         let files = CertFiles {
@@ -456,7 +496,9 @@ impl Validator<'_> {
         if !(1..=300).contains(&assertion_ttl_seconds) {
             return Err(self.invalid("forward.assertion_ttl_seconds", "must be between 1 and 300"));
         }
+        let cors = self.cors(raw.cors)?;
         Ok(Config {
+            cors,
             policies,
             decision_cache,
             audit,

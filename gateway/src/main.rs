@@ -7,6 +7,7 @@ mod authn;
 mod authz;
 mod bench;
 mod config;
+mod cors;
 mod error;
 mod forward;
 mod metrics;

@@ -16,6 +16,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{self, AuditSink};
+use crate::cors::Cors;
 use crate::authn::{Identity, Verifier, bearer_token};
 use crate::authz::{Authorizer, Outcome, RequestFacts};
 use crate::error::GatewayError;
@@ -38,6 +39,7 @@ pub struct Gateway {
     pub signer: AssertionSigner,
     pub upstream: Upstream,
     pub audit: AuditSink,
+    pub cors: Cors,
 }
 
 /// Per-request context: what each stage learned, recorded once in `logging`.
@@ -60,6 +62,8 @@ pub struct RequestCtx {
     pub authz: Duration,
     pub upstream_started: Option<Instant>,
     pub upstream: Option<Duration>,
+    /// The request's `Origin`, when CORS allows it.
+    pub origin: Option<String>,
 }
 
 impl RequestCtx {
@@ -80,6 +84,7 @@ impl RequestCtx {
             authz: Duration::ZERO,
             upstream_started: None,
             upstream: None,
+            origin: None,
         }
     }
 }
@@ -191,10 +196,24 @@ impl ProxyHttp for Gateway {
                 .get(request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
+        if !self.cors.allowed_origins.is_empty() {
+            let req = session.req_header();
+            ctx.origin = self.cors.allowed_origin(req).map(str::to_string);
+            if Cors::is_preflight(req) {
+                // Preflights are answered here: no token, no policy, no backend.
+                let mut resp = self.cors.preflight(req)?;
+                resp.insert_header(request_id::HEADER, &ctx.request_id)?;
+                ctx.method = "OPTIONS".into();
+                ctx.path = req.uri.path().to_string();
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok(true);
+            }
+        }
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
             Err(err) => {
-                respond::error(session, &ctx.request_id, &ctx.path, &err).await?;
+                let (cors, origin) = (&self.cors, ctx.origin.as_deref());
+                respond::error_with(session, &ctx.request_id, &ctx.path, &err, |r| cors.decorate(origin, r)).await?;
                 ctx.rejected = Some(err);
                 Ok(true)
             }
@@ -254,6 +273,7 @@ impl ProxyHttp for Gateway {
             ctx.upstream = Some(started.elapsed());
         }
         respond::decorate(resp, &ctx.request_id)?;
+        self.cors.decorate(ctx.origin.as_deref(), resp)?;
         resp.insert_header(
             "server-timing",
             respond::server_timing(ctx.authn, ctx.authz, ctx.upstream.unwrap_or_default()),

@@ -57,14 +57,21 @@ pub fn json_response(status: u16, body_len: usize, request_id: &str) -> Result<R
 }
 
 /// Answer with the error envelope (and its `WWW-Authenticate` challenge, if any).
-pub async fn error(
+pub async fn error(session: &mut Session, request_id: &str, path: &str, err: &GatewayError) -> Result<()> {
+    error_with(session, request_id, path, err, |_| Ok(())).await
+}
+
+/// [`error`], letting the caller add headers (e.g. CORS) to the answer.
+pub async fn error_with(
     session: &mut Session,
     request_id: &str,
     path: &str,
     err: &GatewayError,
+    extra: impl FnOnce(&mut ResponseHeader) -> Result<()>,
 ) -> Result<()> {
     let body = envelope(err, request_id, path);
     let mut resp = json_response(err.status(), body.len(), request_id)?;
+    extra(&mut resp)?;
     if let Some(challenge) = err.www_authenticate() {
         resp.insert_header("www-authenticate", challenge)?;
     }

@@ -274,6 +274,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         signer: AssertionSigner::new(&secret, config.assertion_ttl_seconds),
         upstream: upstream.clone(),
         audit,
+        cors: config.cors.clone(),
     };
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
     listen(&mut api, config.listeners.api, config.listeners.api_tls.as_ref())?;
