@@ -349,7 +349,10 @@ impl Validator<'_> {
         let origins = raw.allowed_origins.unwrap_or_default();
         for o in &origins {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                return Err(self.invalid("cors.allowed_origins", format!("`{o}` is not an origin (scheme://host[:port]) or *")));
+                return Err(self.invalid(
+                    "cors.allowed_origins",
+                    format!("`{o}` is not an origin (scheme://host[:port]) or *"),
+                ));
             }
         }
         let allow_credentials = raw.allow_credentials.unwrap_or(false);
@@ -359,13 +362,21 @@ impl Validator<'_> {
         let lower = |v: Vec<String>| v.into_iter().map(|h| h.to_ascii_lowercase()).collect();
         Ok(crate::cors::Cors {
             allowed_origins: origins,
-            allowed_methods: raw
-                .allowed_methods
-                .unwrap_or_else(|| ["GET", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()),
-            allowed_headers: lower(raw.allowed_headers.unwrap_or_else(|| {
-                ["authorization", "content-type", "x-request-id", "x-user-id", "x-idempotency-key"]
+            allowed_methods: raw.allowed_methods.unwrap_or_else(|| {
+                ["GET", "POST", "PUT", "PATCH", "DELETE"]
                     .map(String::from)
                     .to_vec()
+            }),
+            allowed_headers: lower(raw.allowed_headers.unwrap_or_else(|| {
+                [
+                    "authorization",
+                    "content-type",
+                    "x-request-id",
+                    "x-user-id",
+                    "x-idempotency-key",
+                ]
+                .map(String::from)
+                .to_vec()
             })),
             max_age_seconds: raw.max_age_seconds.unwrap_or(600),
             allow_credentials,
@@ -378,9 +389,15 @@ impl Validator<'_> {
             cert_file: self.resolve(&raw.cert_file),
             key_file: self.resolve(&raw.key_file),
         };
-        for (k, path) in [("cert_file", &files.cert_file), ("key_file", &files.key_file)] {
+        for (k, path) in [
+            ("cert_file", &files.cert_file),
+            ("key_file", &files.key_file),
+        ] {
             if let Err(e) = std::fs::File::open(path) {
-                return Err(self.invalid(&format!("{key}.{k}"), format!("cannot read {}: {e}", path.display())));
+                return Err(self.invalid(
+                    &format!("{key}.{k}"),
+                    format!("cannot read {}: {e}", path.display()),
+                ));
             }
         }
         Ok(Some(files))

@@ -29,7 +29,8 @@ impl Cors {
 
     /// Whether this is a preflight (`OPTIONS` with `Access-Control-Request-Method`).
     pub fn is_preflight(req: &RequestHeader) -> bool {
-        req.method == http::Method::OPTIONS && req.headers.contains_key("access-control-request-method")
+        req.method == http::Method::OPTIONS
+            && req.headers.contains_key("access-control-request-method")
     }
 
     /// The answer to a preflight: 204 with the allowances, or 403 when the origin, method or
@@ -39,7 +40,11 @@ impl Cors {
             .headers
             .get("access-control-request-method")
             .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| self.allowed_methods.iter().any(|a| a.eq_ignore_ascii_case(m)));
+            .is_some_and(|m| {
+                self.allowed_methods
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(m))
+            });
         let headers_ok = req
             .headers
             .get("access-control-request-headers")
@@ -48,16 +53,36 @@ impl Cors {
                 h.split(',')
                     .map(str::trim)
                     .filter(|x| !x.is_empty())
-                    .all(|x| self.allowed_headers.iter().any(|a| a.eq_ignore_ascii_case(x)))
+                    .all(|x| {
+                        self.allowed_headers
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(x))
+                    })
             });
         let origin = self.allowed_origin(req);
-        let mut resp = ResponseHeader::build(if origin.is_some() && method_ok && headers_ok { 204 } else { 403 }, Some(8))?;
-        resp.insert_header("vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")?;
+        let mut resp = ResponseHeader::build(
+            if origin.is_some() && method_ok && headers_ok {
+                204
+            } else {
+                403
+            },
+            Some(8),
+        )?;
+        resp.insert_header(
+            "vary",
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        )?;
         resp.insert_header("content-length", "0")?;
         if let (Some(origin), true, true) = (origin, method_ok, headers_ok) {
             resp.insert_header("access-control-allow-origin", origin)?;
-            resp.insert_header("access-control-allow-methods", self.allowed_methods.join(", "))?;
-            resp.insert_header("access-control-allow-headers", self.allowed_headers.join(", "))?;
+            resp.insert_header(
+                "access-control-allow-methods",
+                self.allowed_methods.join(", "),
+            )?;
+            resp.insert_header(
+                "access-control-allow-headers",
+                self.allowed_headers.join(", "),
+            )?;
             resp.insert_header("access-control-max-age", self.max_age_seconds.to_string())?;
             if self.allow_credentials {
                 resp.insert_header("access-control-allow-credentials", "true")?;

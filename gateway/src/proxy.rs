@@ -16,9 +16,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::audit::{self, AuditSink};
-use crate::cors::Cors;
 use crate::authn::{Identity, Verifier, bearer_token};
 use crate::authz::{Authorizer, Outcome, RequestFacts};
+use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::forward::{self, AssertionSigner};
 use crate::request_id;
@@ -213,7 +213,10 @@ impl ProxyHttp for Gateway {
             Ok(()) => Ok(false),
             Err(err) => {
                 let (cors, origin) = (&self.cors, ctx.origin.as_deref());
-                respond::error_with(session, &ctx.request_id, &ctx.path, &err, |r| cors.decorate(origin, r)).await?;
+                respond::error_with(session, &ctx.request_id, &ctx.path, &err, |r| {
+                    cors.decorate(origin, r)
+                })
+                .await?;
                 ctx.rejected = Some(err);
                 Ok(true)
             }

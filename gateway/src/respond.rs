@@ -29,7 +29,10 @@ pub fn decorate(resp: &mut ResponseHeader, request_id: &str) -> Result<()> {
         resp.insert_header(*k, *v)?;
     }
     if TLS_ENABLED.load(Ordering::Relaxed) {
-        resp.insert_header("strict-transport-security", "max-age=31536000; includeSubDomains")?;
+        resp.insert_header(
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        )?;
     }
     resp.remove_header("server");
     Ok(())
@@ -57,7 +60,12 @@ pub fn json_response(status: u16, body_len: usize, request_id: &str) -> Result<R
 }
 
 /// Answer with the error envelope (and its `WWW-Authenticate` challenge, if any).
-pub async fn error(session: &mut Session, request_id: &str, path: &str, err: &GatewayError) -> Result<()> {
+pub async fn error(
+    session: &mut Session,
+    request_id: &str,
+    path: &str,
+    err: &GatewayError,
+) -> Result<()> {
     error_with(session, request_id, path, err, |_| Ok(())).await
 }
 

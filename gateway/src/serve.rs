@@ -146,7 +146,11 @@ impl BackgroundService for PolicyReloader {
 }
 
 /// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service.
-fn listen<A>(service: &mut Service<A>, addr: std::net::SocketAddr, tls: Option<&CertFiles>) -> anyhow::Result<()> {
+fn listen<A>(
+    service: &mut Service<A>,
+    addr: std::net::SocketAddr,
+    tls: Option<&CertFiles>,
+) -> anyhow::Result<()> {
     match tls {
         None => service.add_tcp(&addr.to_string()),
         Some(t) => service
@@ -260,9 +264,13 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         format!("{}\n", std::process::id()),
     )
     .map_err(|e| anyhow::anyhow!("cannot write the pid file in {}: {e}", data_dir.display()))?;
-    let any_tls = [&config.listeners.api_tls, &config.listeners.auth_tls, &config.listeners.admin_tls]
-        .iter()
-        .any(|t| t.is_some());
+    let any_tls = [
+        &config.listeners.api_tls,
+        &config.listeners.auth_tls,
+        &config.listeners.admin_tls,
+    ]
+    .iter()
+    .any(|t| t.is_some());
     crate::respond::TLS_ENABLED.store(any_tls, std::sync::atomic::Ordering::Relaxed);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -277,11 +285,19 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         cors: config.cors.clone(),
     };
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
-    listen(&mut api, config.listeners.api, config.listeners.api_tls.as_ref())?;
+    listen(
+        &mut api,
+        config.listeners.api,
+        config.listeners.api_tls.as_ref(),
+    )?;
 
     let mut auth =
         pingora::proxy::http_proxy_service_with_name(&conf, AuthDomain { issuer }, "auth");
-    listen(&mut auth, config.listeners.auth, config.listeners.auth_tls.as_ref())?;
+    listen(
+        &mut auth,
+        config.listeners.auth,
+        config.listeners.auth_tls.as_ref(),
+    )?;
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -291,7 +307,11 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             upstream,
         },
     );
-    listen(&mut admin, config.listeners.admin, config.listeners.admin_tls.as_ref())?;
+    listen(
+        &mut admin,
+        config.listeners.admin,
+        config.listeners.admin_tls.as_ref(),
+    )?;
 
     server.add_service(api);
     server.add_service(auth);
