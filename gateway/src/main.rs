@@ -11,6 +11,7 @@ mod cors;
 mod error;
 mod forward;
 mod metrics;
+mod policy_cli;
 mod proxy;
 mod request_id;
 mod respond;
@@ -80,6 +81,11 @@ enum Command {
     },
     /// Hash a client secret for the config (reads the secret from stdin).
     HashSecret,
+    /// Offline policy tools: validate, format, authorize, test, replay.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cli::PolicyCommand,
+    },
     /// Measurements for bench/ (see bench/README.md).
     #[command(hide = true)]
     Bench {
@@ -209,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     iterations,
                 },
         } => bench::authz(&policies, iterations.max(1)),
+        Command::Policy { command } => policy_cli::run(command),
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_to_string(&mut secret)?;
@@ -228,9 +235,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cedargate: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<policy_cli::Exit>() {
+            // A policy command's "no" (see policy_cli): already reported, only the code is left.
+            Some(policy_cli::Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("cedargate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
