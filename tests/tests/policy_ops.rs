@@ -351,3 +351,88 @@ async fn decision_cache_keys_on_the_whole_request_and_audit_lines_carry_no_token
     let denied = lines.iter().find(|l| l["decision"] == "deny").unwrap();
     assert_eq!(denied["reasons"][0], "premium-listing-requires-premium");
 }
+
+#[tokio::test]
+async fn replay_of_the_gateways_own_audit_log_lists_exactly_the_changed_decisions() {
+    let setup = Setup::new(false);
+    let gw = Gateway::start_with(&setup.config(), &[]);
+    let member = gw.mint(&human("Member", "app"), None);
+    let badges = send(
+        &client(),
+        "GET",
+        &gw.api_url(BADGES),
+        &[bearer(&member)],
+        None,
+    )
+    .await;
+    badges.assert_status(200);
+    let badges_id = badges.header("x-request-id").unwrap().to_string();
+    assert_eq!(
+        status(&gw, &member, "/app/v1/workspaces/ws-demo/missions").await,
+        200
+    );
+    assert_eq!(
+        status(&gw, &member, "/dashboard/v1/workspaces/ws-demo/users").await,
+        403
+    );
+    let started = Instant::now();
+    while setup.audit_lines().len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "audit lines missing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The candidate set forbids badges: exactly that one decision changes.
+    let candidate = setup.dir.path().join("candidate");
+    std::fs::create_dir(&candidate).unwrap();
+    for e in std::fs::read_dir(setup.policies()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, candidate.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    write(&candidate.join("zz.cedar"), FORBID_BADGES);
+    let log = setup.dir.path().join("audit.jsonl");
+    let out = e2e_tests::gateway::run_cli(
+        &[
+            "policy",
+            "replay",
+            "--log",
+            log.to_str().unwrap(),
+            "--policies",
+            candidate.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let changed: Vec<&str> = text.lines().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(changed.len(), 1, "{text}");
+    assert!(
+        changed[0].starts_with(&badges_id) && changed[0].contains("allow -> deny"),
+        "{text}"
+    );
+
+    // Against the active set nothing changes.
+    let same = e2e_tests::gateway::run_cli(
+        &[
+            "policy",
+            "replay",
+            "--log",
+            log.to_str().unwrap(),
+            "--policies",
+            setup.policies().to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+}
