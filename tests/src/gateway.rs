@@ -52,6 +52,28 @@ pub fn default_config() -> PathBuf {
     }
 }
 
+/// The default config's text with its policy directory made absolute, so an edited copy can
+/// live anywhere (e.g. in a tempdir).
+pub fn relocatable_config_text() -> String {
+    let policies = workspace_root().join("policies");
+    let text = std::fs::read_to_string(default_config()).expect("read the default config");
+    assert!(
+        text.contains("dir = \"../policies\""),
+        "the default config changed shape"
+    );
+    text.replace(
+        "dir = \"../policies\"",
+        &format!("dir = {:?}", policies.display().to_string()),
+    )
+}
+
+/// Write `text` as `name` in `dir` and return its path.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write a test config");
+    path
+}
+
 /// The `cedargate` binary under test: `CEDARGATE_BIN`, else `<target dir>/debug/cedargate`.
 pub fn binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("CEDARGATE_BIN") {

@@ -1,7 +1,7 @@
 //! CORS answered at the gateway from config.
 
 use e2e_tests::claims::human;
-use e2e_tests::gateway::{Gateway, default_config, workspace_root};
+use e2e_tests::gateway::{Gateway, relocatable_config_text, write_config};
 use e2e_tests::http::{bearer, client, send};
 
 const APP: &str = "https://app.example.com";
@@ -13,17 +13,11 @@ fn h(k: &str, v: &str) -> (String, String) {
 #[tokio::test]
 async fn preflights_and_responses_follow_the_configured_origins() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = workspace_root().join("policies");
-    let text = std::fs::read_to_string(default_config()).unwrap().replace(
-        "dir = \"../policies\"",
-        &format!("dir = {:?}", policies.display().to_string()),
+    let text = format!(
+        "{}\n[cors]\nallowed_origins = [\"{APP}\"]\n",
+        relocatable_config_text()
     );
-    let config = dir.path().join("cors.toml");
-    std::fs::write(
-        &config,
-        format!("{text}\n[cors]\nallowed_origins = [\"{APP}\"]\n"),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), "cors.toml", &text);
     let gw = Gateway::start_with(&config, &[]);
     let c = client();
     let url = gw.api_url("/app/v1/workspaces/ws-demo/missions");

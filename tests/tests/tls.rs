@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use e2e_tests::gateway::{Gateway, default_config, workspace_root};
+use e2e_tests::gateway::{Gateway, relocatable_config_text, write_config};
 
 fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new("openssl")
@@ -75,19 +75,13 @@ fn tls_config(dir: &Path) -> std::path::PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let policies = workspace_root().join("policies");
-    let text = std::fs::read_to_string(default_config()).unwrap().replace(
-        "dir = \"../policies\"",
-        &format!("dir = {:?}", policies.display().to_string()),
-    );
     let text = format!(
-        "{text}\n[tls.api]\ncert_file = {:?}\nkey_file = {:?}\n",
+        "{}\n[tls.api]\ncert_file = {:?}\nkey_file = {:?}\n",
+        relocatable_config_text(),
         dir.join("cert.pem").display().to_string(),
         dir.join("key.pem").display().to_string()
     );
-    let path = dir.join("tls.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_config(dir, "tls.toml", &text)
 }
 
 /// Whether `openssl s_client` completes a handshake with `version` (e.g. "-tls1_2").

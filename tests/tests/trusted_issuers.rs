@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_tests::claims::human;
-use e2e_tests::gateway::{Gateway, binary, default_config, free_ports, workspace_root};
+use e2e_tests::gateway::{Gateway, binary, free_ports, relocatable_config_text, write_config};
 use e2e_tests::http::{bearer, client, send};
 use serde_json::json;
 
@@ -15,10 +15,7 @@ const IDP_ISSUER: &str = "http://127.0.0.1:8081";
 
 /// A config that disables the embedded issuer and trusts `jwks_uri` for `IDP_ISSUER`.
 fn trusting_config(dir: &Path, jwks_uri: &str) -> PathBuf {
-    let text = std::fs::read_to_string(default_config()).unwrap();
-    let policies = workspace_root().join("policies");
-    let text = text
-        .replace("dir = \"../policies\"", &format!("dir = {:?}", policies.display().to_string()))
+    let text = relocatable_config_text()
         .replace("[issuer]\nenabled = true", "[issuer]\nenabled = false")
         .replace(
             "[issuer]\n",
@@ -28,9 +25,7 @@ fn trusting_config(dir: &Path, jwks_uri: &str) -> PathBuf {
         text.contains("enabled = false"),
         "the default config changed shape"
     );
-    let path = dir.join("trusting.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_config(dir, "trusting.toml", &text)
 }
 
 #[tokio::test]
