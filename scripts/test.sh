@@ -15,6 +15,36 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The DynamoDB tier is tested against moto's DynamoDB-compatible server (token-proxy/tests/
+# dynamodb.rs): install it when missing, start it on a free loopback port, stop it on exit.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "==> installing moto[server]"
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || {
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  }
+  PIP="$(command -v pip3 || command -v pip)"
+  "$PIP" install -q 'moto[server]' || "$PIP" install -q --break-system-packages 'moto[server]'
+  hash -r
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+  command -v moto_server >/dev/null 2>&1 || export PATH="$HOME/.local/bin:$PATH"
+fi
+moto_cmd=(moto_server)
+command -v moto_server >/dev/null 2>&1 || moto_cmd=(python3 -m moto.server)
+moto_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+moto_log="$(mktemp -t cedargate-moto.XXXXXX.log)"
+"${moto_cmd[@]}" -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$moto_port") 2>/dev/null && break
+  kill -0 "$moto_pid" 2>/dev/null || { echo "moto_server exited:"; cat "$moto_log"; exit 1; }
+  sleep 0.1
+done
+export CEDARGATE_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$moto_port"
+echo "==> moto_server on $CEDARGATE_TEST_DYNAMODB_ENDPOINT"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,31 +1,90 @@
-//! The auth listener: the token endpoint, discovery and JWKS of the embedded issuer, served
-//! through pingora (`ProxyHttp`, so pass-through to an upstream IdP can share it later).
+//! The auth listener, a pingora `ProxyHttp`: `POST /oauth2/token` through the token cache
+//! (in front of the embedded issuer or an upstream IdP), discovery and JWKS, and, in upstream
+//! mode, every other path passed through to the IdP by pingora itself.
+//!
+//! Phases: `request_filter` answers the three auth-domain paths (the token body is read in
+//! full, validated, then the cache or the issuer answers) and returns `false` for anything
+//! else in upstream mode; `upstream_peer` names the IdP (TLS with SNI for https);
+//! `upstream_request_filter` sets `Host` and the base path. Answers of the pass-through are
+//! relayed untouched.
+
+mod upstream;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora::{Error, ErrorType, Result};
-use token_proxy::{HttpAnswer, Issuer, TokenRequest};
+use token_proxy::cache::dynamodb::DynamoStore;
+use token_proxy::cache::{CacheEvents, Lookup, MemoryStore, SystemClock, TokenCache, TokenStore};
+use token_proxy::{HttpAnswer, Issuer, TokenCall, TokenEndpoint, TokenSource};
 
+use crate::config::{Config, TokenStoreKind};
 use crate::error::GatewayError;
+use crate::metrics;
 use crate::request_id;
 use crate::respond;
+pub use upstream::UpstreamIdpClient;
 
 /// Largest token request body accepted.
 const MAX_TOKEN_BODY: usize = 16 * 1024;
 
+/// How often the signing keys are re-read from the data dir (`cedargate keys rotate`).
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Shared state of the auth listener.
 pub struct AuthDomain {
-    pub issuer: Option<Arc<Issuer>>,
+    issuer: Option<Arc<Issuer>>,
+    tokens: Option<TokenEndpoint>,
+    upstream: Option<Arc<UpstreamIdpClient>>,
 }
 
 /// Per-request context of the auth listener.
 pub struct AuthCtx {
     request_id: String,
+}
+
+/// Token cache events as Prometheus metrics.
+struct TokenMetrics {
+    store: &'static str,
+}
+
+impl CacheEvents for TokenMetrics {
+    fn upstream(&self, status: u16, elapsed: Duration) {
+        metrics::token_upstream(status, elapsed.as_secs_f64());
+    }
+
+    fn store_error(&self, op: &'static str) {
+        metrics::token_store_error(self.store, op);
+    }
+}
+
+/// Open the token cache's L2 store from config.
+pub fn open_token_store(config: &Config) -> anyhow::Result<Arc<dyn TokenStore>> {
+    match config.token_proxy.store {
+        TokenStoreKind::Memory { capacity } => Ok(Arc::new(MemoryStore::new(capacity))),
+        TokenStoreKind::DynamoDb => {
+            let settings = config.dynamodb.token_store();
+            if config.dynamodb.create_tables_on_start {
+                // A client of its own on a runtime of its own: the serving client's
+                // connections must not belong to a runtime that is about to go away.
+                let creator = DynamoStore::connect(&settings)?;
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(creator.create_table())
+                    .map_err(|e| anyhow::anyhow!("dynamodb.create_tables_on_start: {e}"))?;
+                tracing::info!(table = %settings.table, ?outcome, "token cache table ready");
+            }
+            Ok(Arc::new(DynamoStore::connect(&settings)?))
+        }
+    }
 }
 
 fn json(status: u16, value: &serde_json::Value) -> HttpAnswer {
@@ -41,17 +100,25 @@ fn oauth_error(status: u16, error: &str, description: &str) -> HttpAnswer {
         status,
         &serde_json::json!({"error": error, "error_description": description}),
     );
+    token_proxy::enforce_no_store(&mut answer);
     answer
-        .headers
-        .push(("cache-control".into(), "no-store".into()));
-    answer.headers.push(("pragma".into(), "no-cache".into()));
-    answer
+}
+
+fn public_document(value: &serde_json::Value) -> HttpAnswer {
+    let mut a = json(200, value);
+    a.headers
+        .push(("cache-control".into(), "public, max-age=300".into()));
+    a
 }
 
 async fn write_answer(session: &mut Session, answer: HttpAnswer, request_id: &str) -> Result<()> {
     let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 4))?;
     for (k, v) in &answer.headers {
-        resp.insert_header(k.clone(), v.as_str())?;
+        // Framing is ours: the body is written whole.
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        resp.append_header(k.clone(), v.as_str())?;
     }
     resp.insert_header("content-length", answer.body.len().to_string())?;
     respond::decorate(&mut resp, request_id)?;
@@ -75,7 +142,68 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>>
 }
 
 impl AuthDomain {
-    async fn token(&self, issuer: &Arc<Issuer>, session: &mut Session) -> Result<HttpAnswer> {
+    /// The auth domain of `config` (after command-line overrides), over the embedded
+    /// `issuer` when there is one.
+    pub fn new(config: &Config, issuer: Option<Arc<Issuer>>) -> anyhow::Result<AuthDomain> {
+        let settings = &config.token_proxy;
+        let upstream = match &settings.upstream {
+            Some(up) => {
+                let scheme = if config.listeners.auth_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let public = up
+                    .public_base_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{}", config.listeners.auth));
+                Some(Arc::new(UpstreamIdpClient::new(up.clone(), public)?))
+            }
+            None => None,
+        };
+        let source = match (&upstream, &issuer) {
+            (Some(up), _) => Some(TokenSource::Upstream(up.clone())),
+            (None, Some(issuer)) => Some(TokenSource::Embedded(issuer.clone())),
+            (None, None) => None,
+        };
+        let tokens = match source {
+            None => None,
+            Some(source) => {
+                let cache = match &settings.cache {
+                    None => None,
+                    Some(cache_settings) => {
+                        let store = open_token_store(config)?;
+                        Some(Arc::new(TokenCache::new(
+                            cache_settings.clone(),
+                            store.clone(),
+                            Arc::new(SystemClock),
+                            Arc::new(TokenMetrics {
+                                store: store.name(),
+                            }),
+                        )))
+                    }
+                };
+                tracing::info!(
+                    mode = if upstream.is_some() {
+                        "upstream"
+                    } else {
+                        "embedded"
+                    },
+                    cache = cache.is_some(),
+                    store = cache.as_ref().map_or("none", |c| c.store_name()),
+                    "token endpoint ready"
+                );
+                Some(TokenEndpoint::new(source, cache))
+            }
+        };
+        Ok(AuthDomain {
+            issuer,
+            tokens,
+            upstream,
+        })
+    }
+
+    async fn token(&self, tokens: &TokenEndpoint, session: &mut Session) -> Result<HttpAnswer> {
         let Some(body) = read_body(session, MAX_TOKEN_BODY).await? else {
             return Ok(oauth_error(
                 413,
@@ -84,28 +212,53 @@ impl AuthDomain {
             ));
         };
         let req = session.req_header();
-        let header = |name: http::header::HeaderName| {
-            req.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+        let call = TokenCall {
+            method: req.method.clone(),
+            headers: req.headers.clone(),
+            query: req.uri.query().map(str::to_string),
+            body,
         };
-        let method = req.method.as_str().to_string();
-        let authorization = header(http::header::AUTHORIZATION);
-        let content_type = header(http::header::CONTENT_TYPE);
-        let issuer = issuer.clone();
-        // Secret verification (argon2) is deliberately slow: keep it off the I/O threads.
-        let answer = tokio::task::spawn_blocking(move || {
-            issuer.token(&TokenRequest {
-                method: &method,
-                authorization: authorization.as_deref(),
-                content_type: content_type.as_deref(),
-                body: &body,
-            })
-        })
-        .await
-        .map_err(|_| Error::explain(ErrorType::InternalError, "token task failed"))?;
-        Ok(answer)
+        let outcome = tokens.token(call).await;
+        let result = outcome.lookup.map_or("uncached", Lookup::as_str);
+        metrics::token_request(result, outcome.answer.status);
+        tracing::debug!(
+            status = outcome.answer.status,
+            cache = result,
+            "token request answered"
+        );
+        Ok(outcome.answer)
+    }
+
+    async fn jwks(&self) -> HttpAnswer {
+        match (&self.upstream, &self.issuer) {
+            (Some(up), _) => match up.jwks().await {
+                Ok(doc) => public_document(&doc),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the upstream IdP's JWKS is unavailable");
+                    oauth_error(502, "temporarily_unavailable", "the JWKS is unavailable")
+                }
+            },
+            (None, Some(issuer)) => public_document(&issuer.jwks()),
+            (None, None) => oauth_error(404, "not_found", "no keys"),
+        }
+    }
+
+    async fn discovery(&self) -> HttpAnswer {
+        match (&self.upstream, &self.issuer) {
+            (Some(up), _) => match up.discovery().await {
+                Ok(doc) => public_document(&doc),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the upstream IdP's discovery document is unavailable");
+                    oauth_error(
+                        502,
+                        "temporarily_unavailable",
+                        "the discovery document is unavailable",
+                    )
+                }
+            },
+            (None, Some(issuer)) => public_document(&issuer.discovery()),
+            (None, None) => oauth_error(404, "not_found", "no discovery document"),
+        }
     }
 }
 
@@ -129,30 +282,12 @@ impl ProxyHttp for AuthDomain {
         );
         let path = session.req_header().uri.path().to_string();
         let is_get = session.req_header().method == http::Method::GET;
-        let Some(issuer) = &self.issuer else {
-            respond::error(
-                session,
-                &ctx.request_id,
-                &path,
-                &GatewayError::RouteNotFound,
-            )
-            .await?;
-            return Ok(true);
-        };
-        let answer = match path.as_str() {
-            "/oauth2/token" => self.token(issuer, session).await?,
-            "/.well-known/jwks.json" if is_get => {
-                let mut a = json(200, &issuer.jwks());
-                a.headers
-                    .push(("cache-control".into(), "public, max-age=300".into()));
-                a
-            }
-            "/.well-known/openid-configuration" if is_get => {
-                let mut a = json(200, &issuer.discovery());
-                a.headers
-                    .push(("cache-control".into(), "public, max-age=300".into()));
-                a
-            }
+        let answer = match (path.as_str(), &self.tokens) {
+            ("/oauth2/token", Some(tokens)) => self.token(tokens, session).await?,
+            ("/.well-known/jwks.json", _) if is_get => self.jwks().await,
+            ("/.well-known/openid-configuration", _) if is_get => self.discovery().await,
+            // Upstream mode: everything else is the IdP's (pingora proxies it).
+            _ if self.upstream.is_some() => return Ok(false),
             _ => {
                 respond::error(
                     session,
@@ -173,9 +308,71 @@ impl ProxyHttp for AuthDomain {
         _session: &mut Session,
         _ctx: &mut AuthCtx,
     ) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "the auth domain has no upstream in embedded mode",
-        ))
+        match &self.upstream {
+            Some(up) => up.target.peer().await,
+            None => Err(Error::explain(
+                ErrorType::InternalError,
+                "the auth domain has no upstream in embedded mode",
+            )),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut AuthCtx,
+    ) -> Result<()> {
+        let Some(up) = &self.upstream else {
+            return Ok(());
+        };
+        // Virtual hosts (and TLS certificates) are the IdP's own name, not ours.
+        upstream_request.insert_header(http::header::HOST, up.target.authority.as_str())?;
+        if !up.target.path_prefix.is_empty() {
+            let pq = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str());
+            let uri: http::Uri = format!("{}{pq}", up.target.path_prefix)
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+}
+
+/// Re-reads the embedded issuer's key directory, so `cedargate keys rotate` (another
+/// process) takes effect in a running gateway within seconds.
+pub struct KeyReloader {
+    pub issuer: Option<Arc<Issuer>>,
+}
+
+#[async_trait]
+impl BackgroundService for KeyReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(issuer) = self.issuer.clone() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+            }
+            let issuer = issuer.clone();
+            let started = Instant::now();
+            // Reading and parsing key files is blocking work.
+            match tokio::task::spawn_blocking(move || issuer.reload_keys()).await {
+                Ok(Ok(true)) => tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "the embedded issuer picked up new signing keys"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "re-reading the signing keys failed; keeping the current ones")
+                }
+                Err(_) => {}
+            }
+        }
     }
 }

@@ -10,6 +10,11 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use token_proxy::{ClientConfig, IssuerConfig};
 
+mod auth;
+mod env;
+
+pub use auth::{DynamoDbSettings, TokenProxySettings, TokenStoreKind, UpstreamIdp};
+
 /// Upper bound for clock-skew leeway on `exp`/`nbf`.
 const MAX_LEEWAY_SECONDS: u64 = 60;
 
@@ -60,6 +65,10 @@ struct RawConfig {
     decision_cache: RawDecisionCache,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    token_proxy: auth::RawTokenProxy,
+    #[serde(default)]
+    dynamodb: auth::RawDynamoDb,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -206,6 +215,8 @@ pub struct Config {
     pub issuer: Option<IssuerConfig>,
     pub backend: BackendTarget,
     pub assertion_ttl_seconds: u64,
+    pub token_proxy: TokenProxySettings,
+    pub dynamodb: DynamoDbSettings,
 }
 
 /// Policy loading and reloading.
@@ -300,11 +311,32 @@ impl Config {
     }
 
     /// Validate config text; `path` names it in errors and anchors relative paths.
+    /// `${NAME}` in string values is read from the process environment.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with `lookup` as the environment.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
-        })?;
+        };
+        // The shape is checked on the text itself first, so errors point at lines.
+        let mut raw: RawConfig = toml::from_str(text).map_err(parse_error)?;
+        if text.contains('$') {
+            let mut value: toml::Value = toml::from_str(text).map_err(parse_error)?;
+            env::interpolate(&mut value, lookup).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: e.key,
+                message: e.message,
+            })?;
+            raw = value.try_into().map_err(parse_error)?;
+        }
         let base = path
             .parent()
             .map(Path::to_path_buf)
@@ -514,7 +546,11 @@ impl Validator<'_> {
             return Err(self.invalid("forward.assertion_ttl_seconds", "must be between 1 and 300"));
         }
         let cors = self.cors(raw.cors)?;
+        let token_proxy = self.token_proxy(raw.token_proxy)?;
+        let dynamodb = self.dynamodb(raw.dynamodb)?;
         Ok(Config {
+            token_proxy,
+            dynamodb,
             cors,
             policies,
             decision_cache,

@@ -2,10 +2,12 @@
 
 mod admin;
 mod audit;
+mod auth_cli;
 mod auth_domain;
 mod authn;
 mod authz;
 mod bench;
+mod bench_token;
 mod config;
 mod cors;
 mod error;
@@ -81,6 +83,16 @@ enum Command {
     },
     /// Hash a client secret for the config (reads the secret from stdin).
     HashSecret,
+    /// The embedded issuer's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: auth_cli::KeysCommand,
+    },
+    /// DynamoDB tables of the distributed stores (the `[dynamodb]` config section).
+    Dynamodb {
+        #[command(subcommand)]
+        command: auth_cli::DynamoDbCommand,
+    },
     /// Offline policy tools: validate, format, authorize, test, replay.
     Policy {
         #[command(subcommand)]
@@ -105,6 +117,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50_000)]
         iterations: usize,
     },
+    /// Token endpoint latency and requests/s over HTTP (bench/token_cache.sh).
+    Token(bench_token::TokenBench),
 }
 
 #[derive(Subcommand)]
@@ -215,7 +229,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     iterations,
                 },
         } => bench::authz(&policies, iterations.max(1)),
+        Command::Bench {
+            command: BenchCommand::Token(b),
+        } => bench_token::run(b),
         Command::Policy { command } => policy_cli::run(command),
+        Command::Keys { command } => auth_cli::keys(command),
+        Command::Dynamodb { command } => auth_cli::dynamodb(command),
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_to_string(&mut secret)?;

@@ -101,6 +101,74 @@ pub static STAGE: LazyLock<HistogramVec> = LazyLock::new(|| {
     h
 });
 
+/// Token endpoint answers by cache result and status class.
+pub static TOKEN_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_token_requests_total",
+        "Token endpoint answers by cache result (l1_hit, l2_hit, coalesced, miss, uncached) and status class",
+        &["result", "status"],
+    )
+});
+
+/// Token requests sent to the issuer or upstream IdP, by status class, and their latency.
+pub static TOKEN_UPSTREAM: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let h = HistogramVec::new(
+        HistogramOpts::new(
+            "cedargate_token_upstream_duration_seconds",
+            "Token requests the cache sent to the issuer or upstream IdP (count and latency), by status class",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+        ]),
+        &["status"],
+    )
+    .expect("valid metric");
+    let _ = REGISTRY.register(Box::new(h.clone()));
+    h
+});
+
+/// Token store failures by store and operation.
+pub static TOKEN_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_token_store_errors_total",
+        "Token cache store (L2) failures by store and operation; requests fell back to L1 and the upstream",
+        &["store", "op"],
+    )
+});
+
+/// `2xx`, `4xx`, ... for a status code.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// Count one token endpoint answer (`result`: the cache's lookup, or `uncached`).
+pub fn token_request(result: &str, status: u16) {
+    TOKEN_REQUESTS
+        .with_label_values(&[result, status_class(status)])
+        .inc();
+    if result != "uncached" {
+        cache_lookup("client_credentials", result != "miss");
+    }
+}
+
+/// Record one token request sent upstream.
+pub fn token_upstream(status: u16, seconds: f64) {
+    TOKEN_UPSTREAM
+        .with_label_values(&[status_class(status)])
+        .observe(seconds);
+}
+
+/// Count one token store failure.
+pub fn token_store_error(store: &str, op: &str) {
+    TOKEN_STORE_ERRORS.with_label_values(&[store, op]).inc();
+}
+
 /// Count a policy reload.
 pub fn policy_reload(result: &str) {
     RELOADS.with_label_values(&[result]).inc();
@@ -170,6 +238,9 @@ pub fn render() -> String {
     LazyLock::force(&SHADOW);
     LazyLock::force(&AUDIT_DROPPED);
     LazyLock::force(&STAGE);
+    LazyLock::force(&TOKEN_REQUESTS);
+    LazyLock::force(&TOKEN_UPSTREAM);
+    LazyLock::force(&TOKEN_STORE_ERRORS);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -291,8 +291,8 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         config.listeners.api_tls.as_ref(),
     )?;
 
-    let mut auth =
-        pingora::proxy::http_proxy_service_with_name(&conf, AuthDomain { issuer }, "auth");
+    let auth_domain = AuthDomain::new(&config, issuer.clone())?;
+    let mut auth = pingora::proxy::http_proxy_service_with_name(&conf, auth_domain, "auth");
     listen(
         &mut auth,
         config.listeners.auth,
@@ -316,6 +316,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     server.add_service(api);
     server.add_service(auth);
     server.add_service(admin);
+    server.add_service(background_service(
+        "signing key reload",
+        crate::auth_domain::KeyReloader { issuer },
+    ));
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher { verifier },

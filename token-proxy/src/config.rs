@@ -63,6 +63,10 @@ pub struct IssuerConfig {
 
 /// A validated client.
 pub(crate) struct Client {
+    /// SHA-256 over everything that shapes this client's tokens (issuer, id, secret hash,
+    /// scopes, claims, lifetime): token cache keys include it, so a changed client never
+    /// meets entries made under its old configuration.
+    pub fingerprint: [u8; 32],
     pub secret_hash: String,
     pub scopes: BTreeSet<String>,
     pub claims: Map<String, Value>,
@@ -82,6 +86,29 @@ pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+}
+
+fn client_fingerprint(issuer: &str, id: &str, c: &ClientConfig, ttl_seconds: u64) -> [u8; 32] {
+    use aws_lc_rs::digest::{Context, SHA256};
+    let mut ctx = Context::new(&SHA256);
+    let mut field = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    field(b"cedargate/issuer-client/v1");
+    field(issuer.as_bytes());
+    field(id.as_bytes());
+    field(c.secret_hash.as_bytes());
+    let scopes: BTreeSet<&str> = c.scopes.iter().map(String::as_str).collect();
+    for s in scopes {
+        field(s.as_bytes());
+    }
+    // The same config serialises alike; a reordered one at worst costs a cache miss.
+    field(&serde_json::to_vec(&c.claims).unwrap_or_default());
+    field(&ttl_seconds.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 impl IssuerConfig {
@@ -108,7 +135,7 @@ impl Settings {
         };
         let mut clients = HashMap::with_capacity(cfg.clients.len());
         for c in cfg.clients {
-            let id = c.client_id;
+            let id = c.client_id.clone();
             if id.is_empty() || id.contains(':') || id.chars().any(char::is_control) {
                 return bad(format!(
                     "client id {id:?} must be non-empty, without ':' or control characters"
@@ -135,7 +162,9 @@ impl Settings {
             if ttl_seconds == 0 {
                 return bad(format!("client `{id}`: token_ttl_seconds must be positive"));
             }
+            let fingerprint = client_fingerprint(&cfg.issuer, &id, &c, ttl_seconds);
             let client = Client {
+                fingerprint,
                 secret_hash: c.secret_hash,
                 scopes: c.scopes.into_iter().collect(),
                 claims: c.claims,
@@ -168,6 +197,16 @@ impl Settings {
             .into_values()
             .max_by_key(|(n, _)| *n)
             .map(|(_, phc)| phc)
+    }
+
+    /// The longest token lifetime any client gets.
+    pub(crate) fn max_ttl_seconds(&self) -> u64 {
+        self.clients
+            .values()
+            .map(|c| c.ttl_seconds)
+            .chain([self.default_ttl_seconds])
+            .max()
+            .unwrap_or(self.default_ttl_seconds)
     }
 
     /// Every scope some client may request, sorted.
@@ -239,6 +278,26 @@ mod tests {
         let mut c = client("r");
         c.claims.insert("sub".into(), Value::from("x"));
         assert!(err(cfg(vec![c])).contains("`sub`"));
+    }
+
+    #[test]
+    fn fingerprints_follow_the_client_configuration() {
+        let fp =
+            |c: ClientConfig| Settings::validate(cfg(vec![c])).unwrap().clients["a"].fingerprint;
+        let base = fp(client("a"));
+        assert_eq!(base, fp(client("a")));
+        let mut c = client("a");
+        c.scopes.push("app/write".into());
+        assert_ne!(base, fp(c));
+        let mut c = client("a");
+        c.claims.insert("workspaceId".into(), Value::from("ws"));
+        assert_ne!(base, fp(c));
+        let mut c = client("a");
+        c.token_ttl_seconds = Some(60);
+        assert_ne!(base, fp(c));
+        let mut c = client("a");
+        c.secret_hash = HASH.replace("c29tZXNhbHRzb21lc2FsdA", "b3RoZXJzYWx0b3RoZXJzYWx0");
+        assert_ne!(base, fp(c));
     }
 
     #[test]

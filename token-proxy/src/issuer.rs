@@ -15,7 +15,7 @@ use crate::error::IssuerError;
 use crate::keys::SigningKey;
 use crate::keystore::KeyStore;
 use crate::secret::{self, VerifyGate};
-use crate::token_request::{self, AuthMethod, TokenRequest};
+use crate::token_request::{self, AuthMethod, ClientCredentialsGrant, TokenRequest};
 
 /// How long a token request waits for a free secret-verification slot before a 503.
 const VERIFY_MAX_WAIT: Duration = Duration::from_secs(3);
@@ -224,6 +224,81 @@ impl Issuer {
         );
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = set;
         Ok(())
+    }
+
+    /// Re-read the key directory (another process, `cedargate keys rotate`, may have added
+    /// or removed keys); `true` when the published set changed. A directory that no longer
+    /// yields a usable key keeps the current set.
+    pub fn reload_keys(&self) -> Result<bool, IssuerError> {
+        let keys = self.store.load()?;
+        let current = self.key_set();
+        let same = keys.len() == current.keys.len()
+            && keys
+                .iter()
+                .zip(&current.keys)
+                .all(|(a, b)| a.kid() == b.kid());
+        if same || keys.is_empty() {
+            return Ok(false);
+        }
+        self_test(&self.settings.issuer, &keys)?;
+        let set = Arc::new(KeySet::new(keys)?);
+        tracing::info!(
+            kid = set.current().kid(),
+            keys = set.keys.len(),
+            "signing keys reloaded from the key directory"
+        );
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = set;
+        Ok(true)
+    }
+
+    /// The kid of the current signing key.
+    pub fn current_kid(&self) -> String {
+        self.key_set().current().kid().to_string()
+    }
+
+    /// The kids of every published key, the signer first.
+    pub fn kids(&self) -> Vec<String> {
+        self.key_set()
+            .keys
+            .iter()
+            .map(|k| k.kid().to_string())
+            .collect()
+    }
+
+    /// The longest token lifetime of any client (what a retired key must outlive).
+    pub fn max_token_ttl_seconds(&self) -> u64 {
+        self.settings.max_ttl_seconds()
+    }
+
+    /// Delete the files of keys retired longer than `keep`: a key is retired when a newer
+    /// key was created, and every token it signed has expired once the longest token
+    /// lifetime has passed since. Returns the removed file names; the signer always stays.
+    pub fn prune_retired_keys(
+        &self,
+        keep: std::time::Duration,
+    ) -> Result<Vec<String>, IssuerError> {
+        let removed = self.store.prune_retired(keep)?;
+        if !removed.is_empty() {
+            self.reload_keys()?;
+        }
+        Ok(removed)
+    }
+
+    /// What the token cache keys on for this grant: the requested client's configuration
+    /// fingerprint and the current signing key's kid (instances with other keys, or after a
+    /// rotation, do not share entries), when the client exists and may have the requested
+    /// scopes. `None` sends the request to [`Issuer::token`] uncached (which then rejects it
+    /// in its own time).
+    pub(crate) fn cache_context(&self, grant: &ClientCredentialsGrant) -> Option<Vec<u8>> {
+        let client = self.settings.clients.get(&grant.credentials.client_id)?;
+        if let Some(requested) = &grant.scope
+            && !requested.is_subset(&client.scopes)
+        {
+            return None;
+        }
+        let mut context = client.fingerprint.to_vec();
+        context.extend_from_slice(self.key_set().current().kid().as_bytes());
+        Some(context)
     }
 
     /// Answer `POST /oauth2/token` (client_credentials). Blocks for the argon2 secret check

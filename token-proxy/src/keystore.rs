@@ -117,6 +117,33 @@ impl KeyStore {
         Ok(keys)
     }
 
+    /// Delete the key files whose successor (the next newer key) was created more than
+    /// `keep` ago. The newest key is never removed. Returns the removed file names.
+    pub(crate) fn prune_retired(&self, keep: Duration) -> Result<Vec<String>, IssuerError> {
+        let mut seqs = self.sequence_numbers()?;
+        seqs.sort_unstable();
+        let mut removed = Vec::new();
+        for pair in seqs.windows(2) {
+            let (old, successor) = (pair[0], pair[1]);
+            let successor_path = self.dir.join(file_name(successor));
+            let age = fs::metadata(&successor_path)
+                .and_then(|m| m.modified())
+                .map_err(|e| IssuerError::io("reading", &successor_path, e))?
+                .elapsed()
+                .unwrap_or_default();
+            if age > keep {
+                let path = self.dir.join(file_name(old));
+                fs::remove_file(&path).map_err(|e| IssuerError::io("removing", &path, e))?;
+                tracing::info!(file = %path.display(), "removed a retired signing key");
+                removed.push(file_name(old));
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir);
+        }
+        Ok(removed)
+    }
+
     /// Generate a key and publish it as `seq`; `false` if that name was taken meanwhile.
     fn write_new(&self, seq: u64) -> Result<bool, IssuerError> {
         let key = SigningKey::generate()?;
@@ -262,6 +289,26 @@ mod tests {
         );
         assert_ne!(rotated[0].kid(), first[0].kid(), "the new key signs");
         assert!(store.dir().join("rs256-00000002.pem").exists());
+    }
+
+    #[test]
+    fn pruning_keeps_the_signer_and_young_retirees() {
+        let data = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(data.path()).unwrap();
+        store.load_or_create().unwrap();
+        store.rotate().unwrap();
+        assert!(
+            store
+                .prune_retired(Duration::from_secs(60))
+                .unwrap()
+                .is_empty(),
+            "key 1 was retired just now"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let removed = store.prune_retired(Duration::from_millis(1)).unwrap();
+        assert_eq!(removed, ["rs256-00000001.pem"]);
+        let keys = store.load().unwrap();
+        assert_eq!(keys.len(), 1, "the signer stays");
     }
 
     #[test]

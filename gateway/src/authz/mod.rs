@@ -63,7 +63,7 @@ fn decide_with(
         Ok(i) => i,
         Err(e) => return deny(vec![format!("request mapping failed: {e}")]),
     };
-    let response = CedarAuthorizer::new().is_authorized(&input.request, policies, &input.entities);
+    let response = CedarAuthorizer::new().is_authorized(&input.request, policies, input.entities());
     let diagnostics = response.diagnostics();
     let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
     let mut reasons: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();

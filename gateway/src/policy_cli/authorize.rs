@@ -161,7 +161,7 @@ fn explain_http(bundle: &PolicyBundle, args: &Args, line: &str) -> anyhow::Resul
                     .context()
                     .and_then(|c| c.to_json_value().ok())
                     .unwrap_or_else(|| mapping::context_json(bundle, &identity, &facts));
-                out.entities = runtests::entities_json(&input.entities).unwrap_or(Value::Null);
+                out.entities = runtests::entities_json(input.entities()).unwrap_or(Value::Null);
             }
             Err(e) => out.errors.push(format!("request mapping failed: {e}")),
         }

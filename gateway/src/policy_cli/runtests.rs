@@ -204,7 +204,7 @@ pub fn export_case(
         .ok_or("the request has no context")?
         .to_json_value()
         .map_err(|e| e.to_string())?;
-    let entities = entities_json(&input.entities)?;
+    let entities = entities_json(input.entities())?;
     Ok(json!({
         "name": name,
         "request": {
