@@ -64,6 +64,12 @@ fn decide_with(
         Err(e) => return deny(vec![format!("request mapping failed: {e}")]),
     };
     let response = CedarAuthorizer::new().is_authorized(&input.request, policies, input.entities());
+    decision_of(&response, &bundle.version)
+}
+
+/// Read a Cedar response the gateway's way: reasons sorted, and any evaluation error denies,
+/// even next to an Allow (Cedar skips a policy that errors, including a forbid).
+pub fn decision_of(response: &cedar_policy::Response, policy_version: &str) -> Decision {
     let diagnostics = response.diagnostics();
     let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
     let mut reasons: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
@@ -72,7 +78,7 @@ fn decide_with(
         allowed: response.decision() == CedarDecision::Allow && errors.is_empty(),
         reasons,
         errors,
-        policy_version: bundle.version.clone(),
+        policy_version: policy_version.to_string(),
     }
 }
 

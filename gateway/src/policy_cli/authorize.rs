@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, Request};
+use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
 use clap::ArgGroup;
 use serde_json::{Value, json};
 
@@ -195,19 +195,9 @@ fn explain_raw(bundle: &PolicyBundle, args: &Args) -> anyhow::Result<Explained> 
     )
     .map_err(|e| anyhow::anyhow!("the request does not fit the schema: {e}"))?;
     let response = Authorizer::new().is_authorized(&request, &bundle.policies, &entities);
-    let errors: Vec<String> = response
-        .diagnostics()
-        .errors()
-        .map(|e| e.to_string())
-        .collect();
-    let mut reasons: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(|id| id.to_string())
-        .collect();
-    reasons.sort();
     // Fail closed like the gateway: an evaluation error denies even next to an Allow.
-    let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+    let decided = crate::authz::decision_of(&response, &bundle.version);
+    let (allowed, reasons, errors) = (decided.allowed, decided.reasons, decided.errors);
     Ok(Explained {
         verdict: if allowed {
             Verdict::Allow

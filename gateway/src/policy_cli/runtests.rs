@@ -105,17 +105,10 @@ fn check(
         .map_err(|e| format!("failed to parse entities: {e}"))?;
 
     let response = Authorizer::new().is_authorized(&request, &bundle.policies, &entities);
-    let mut reasons: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(|id| id.to_string())
-        .collect();
-    reasons.sort();
-    let errors: Vec<String> = response
-        .diagnostics()
-        .errors()
-        .map(|e| e.to_string())
-        .collect();
+    // Reasons and errors as the gateway reads them; the decision as Cedar states it, which is
+    // what `cedar run-tests` compares.
+    let read = crate::authz::decision_of(&response, &bundle.version);
+    let (reasons, errors) = (read.reasons, read.errors);
     let actual = match response.decision() {
         Decision::Allow => "allow",
         Decision::Deny => "deny",
