@@ -19,6 +19,8 @@ pub enum GatewayError {
     IssuerUnavailable,
     /// The path is ambiguous or smuggles segments.
     InvalidPath(&'static str),
+    /// A query parameter the policies read appears more than once.
+    AmbiguousQuery,
     /// No route matches method and path.
     RouteNotFound,
     /// Cedar denied the request (or evaluation failed, which denies).
@@ -34,7 +36,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             Self::MissingToken | Self::InvalidToken(_) | Self::ExpiredToken => 401,
-            Self::TokenInQuery | Self::InvalidPath(_) => 400,
+            Self::TokenInQuery | Self::InvalidPath(_) | Self::AmbiguousQuery => 400,
             Self::IssuerUnavailable => 503,
             Self::RouteNotFound => 404,
             Self::Forbidden => 403,
@@ -53,6 +55,7 @@ impl GatewayError {
             Self::TokenInQuery => "auth/invalid_request",
             Self::IssuerUnavailable => "auth/issuer_unavailable",
             Self::InvalidPath(_) => "validation/invalid_path",
+            Self::AmbiguousQuery => "validation/invalid_query",
             Self::RouteNotFound => "resource/not_found",
             Self::Forbidden => "auth/insufficient_permissions",
             Self::UpstreamUnavailable => "server/upstream_unavailable",
@@ -73,6 +76,9 @@ impl GatewayError {
                 "no signing keys are available to verify tokens; try again later"
             }
             Self::InvalidPath(why) => why,
+            Self::AmbiguousQuery => {
+                "a query parameter the route reads is given more than once; send it once"
+            }
             Self::RouteNotFound => "no such route",
             Self::Forbidden => "the caller is not allowed to perform this action",
             Self::UpstreamUnavailable => "the backend is unavailable",

@@ -128,6 +128,10 @@ impl Gateway {
             .ok_or(GatewayError::RouteNotFound)?;
         let route = &bundle.routes.routes[matched.route_index];
         ctx.route = Some(route.action.clone());
+        // Policies and backend must never read different values of one parameter.
+        if route.ambiguous_query(&query) {
+            return Err(GatewayError::AmbiguousQuery);
+        }
         let resource_id = match &route.resource_param {
             Some(p) => matched.param(p),
             None => matched.param("workspaceId"),

@@ -39,6 +39,16 @@ pub struct RouteMatch {
     pub params: Vec<(String, String)>,
 }
 
+impl Route {
+    /// Whether a query parameter this route passes to the policies appears more than once
+    /// (then policies and backend could read different values).
+    pub fn ambiguous_query(&self, query: &[(String, String)]) -> bool {
+        self.query
+            .iter()
+            .any(|name| query.iter().filter(|(k, _)| k == name).count() > 1)
+    }
+}
+
 impl RouteMatch {
     /// The value of a path parameter.
     pub fn param(&self, name: &str) -> Option<&str> {

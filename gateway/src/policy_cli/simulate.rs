@@ -149,6 +149,12 @@ pub fn simulate(bundle: &PolicyBundle, identity: &Identity, req: &HttpRequest<'_
             decision: None,
         };
     };
+    if bundle.routes.routes[route.route_index].ambiguous_query(&query) {
+        return Simulated::rejected(
+            Verdict::InvalidRequest,
+            "a query parameter the route reads is given more than once".into(),
+        );
+    }
     let decision = authz::decide(
         bundle,
         identity,
