@@ -55,13 +55,16 @@ pub fn open_issuer(config: &Config, data_dir: &Path) -> anyhow::Result<Option<Ar
 
 /// Load a policy directory, or explain every problem.
 pub fn load_policies(dir: &Path) -> anyhow::Result<PolicyBundle> {
-    PolicyBundle::load(dir).map_err(|errors| {
-        anyhow::anyhow!(
-            "the policies in {} are invalid:\n{}",
-            dir.display(),
-            errors.join("\n")
-        )
-    })
+    PolicyBundle::load(dir).map_err(|errors| invalid_policies(dir, &errors))
+}
+
+/// Every problem of a refused policy set, one `file:line:col: message` per line.
+fn invalid_policies(dir: &Path, errors: &[String]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the policies in {} are invalid:\n{}",
+        dir.display(),
+        errors.join("\n")
+    )
 }
 
 /// jsonwebtoken panics on first use when its crypto backend is misconfigured: find out at
@@ -195,15 +198,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         dir: config.policies_dir.clone(),
         shadow_dir: config.policies.shadow_dir.clone(),
     };
-    let authorizer = Arc::new(Authorizer::load(source, &config.decision_cache).map_err(
-        |errors| {
-            anyhow::anyhow!(
-                "the policies in {} are invalid:\n{}",
-                config.policies_dir.display(),
-                errors.join("\n")
-            )
-        },
-    )?);
+    let authorizer = Arc::new(
+        Authorizer::load(source, &config.decision_cache)
+            .map_err(|errors| invalid_policies(&config.policies_dir, &errors))?,
+    );
     tracing::info!(version = %authorizer.current().version, dir = %config.policies_dir.display(), "policies loaded");
     let audit = AuditSink::open(&config.audit).map_err(|e| anyhow::anyhow!("audit output: {e}"))?;
     let issuer = open_issuer(&config, &data_dir)?;
