@@ -1,0 +1,246 @@
+//! The `cedargate` command line: parses arguments and runs one command.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::{DEFAULT_CONFIG, auth_cli, bench, bench_token, policy_cli, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "cedargate",
+    version,
+    about = "Policy-driven authorization and identity gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Data directory (keys, embedded stores).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: api, auth and admin listeners (and the embedded backend).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address of the api listener (overrides listeners.api).
+        #[arg(long)]
+        api_addr: Option<SocketAddr>,
+        /// Address of the auth listener (overrides listeners.auth).
+        #[arg(long)]
+        auth_addr: Option<SocketAddr>,
+        /// Address of the admin listener (overrides listeners.admin).
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
+        /// Policy directory (overrides policies.dir).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Hash a client secret for the config (reads the secret from stdin).
+    HashSecret,
+    /// The embedded issuer's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: auth_cli::KeysCommand,
+    },
+    /// DynamoDB tables of the distributed stores (the `[dynamodb]` config section).
+    Dynamodb {
+        #[command(subcommand)]
+        command: auth_cli::DynamoDbCommand,
+    },
+    /// Offline policy tools: validate, format, authorize, test, replay.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cli::PolicyCommand,
+    },
+    /// Measurements for bench/ (see bench/README.md).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Decision time: default pack, decision cache, 1,000 and 10,000 generated policies.
+    Authz {
+        /// Policy directory.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// Decisions measured per configuration.
+        #[arg(long, default_value_t = 50_000)]
+        iterations: usize,
+    },
+    /// Token endpoint latency and requests/s over HTTP (bench/token_cache.sh).
+    Token(bench_token::TokenBench),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and the policies it names, without serving.
+    Check {
+        /// Configuration file.
+        #[arg(default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an access token signed by the embedded issuer's current key.
+    Mint {
+        #[command(flatten)]
+        common: Common,
+        /// Claims as a JSON object; iss, iat, exp, jti and token_use are filled unless given.
+        #[arg(long)]
+        claims: String,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CEDARGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            common,
+            api_addr,
+            auth_addr,
+            admin_addr,
+            policies,
+        } => {
+            let config = Config::load(&common.config)?;
+            init_logging(&config.log_level);
+            serve::run(
+                config,
+                common.data_dir,
+                serve::Overrides {
+                    api_addr,
+                    auth_addr,
+                    admin_addr,
+                    policies_dir: policies,
+                },
+            )
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let config = Config::load(&file)?;
+            let bundle = serve::load_policies(&config.policies_dir)?;
+            println!(
+                "{}: ok ({} policies, {} routes, policy version {})",
+                file.display(),
+                bundle.policies.policies().count(),
+                bundle.routes.routes.len(),
+                bundle.version
+            );
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    common,
+                    claims,
+                    ttl,
+                },
+        } => {
+            let config = Config::load(&common.config)?;
+            let claims: serde_json::Value = serde_json::from_str(&claims)
+                .map_err(|e| anyhow::anyhow!("--claims is not valid JSON: {e}"))?;
+            let serde_json::Value::Object(claims) = claims else {
+                anyhow::bail!("--claims must be a JSON object");
+            };
+            serve::prepare_data_dir(&common.data_dir)?;
+            let issuer = serve::open_issuer(&config, &common.data_dir)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the embedded issuer is disabled in {}",
+                    common.config.display()
+                )
+            })?;
+            println!(
+                "{}",
+                issuer
+                    .mint(claims, ttl)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+            );
+            Ok(())
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Authz {
+                    policies,
+                    iterations,
+                },
+        } => bench::authz(&policies, iterations.max(1)),
+        Command::Bench {
+            command: BenchCommand::Token(b),
+        } => bench_token::run(b),
+        Command::Policy { command } => policy_cli::run(command),
+        Command::Keys { command } => auth_cli::keys(command),
+        Command::Dynamodb { command } => auth_cli::dynamodb(command),
+        Command::HashSecret => {
+            let mut secret = String::new();
+            std::io::stdin().read_to_string(&mut secret)?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                anyhow::bail!("give the secret on stdin");
+            }
+            println!(
+                "{}",
+                token_proxy::hash_secret(secret).map_err(|e| anyhow::anyhow!("{e}"))?
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Runs the command line and turns its outcome into the process exit code.
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<policy_cli::Exit>() {
+            // A policy command's "no" (see policy_cli): already reported, only the code is left.
+            Some(policy_cli::Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("cedargate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

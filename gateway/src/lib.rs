@@ -1,0 +1,28 @@
+//! `cedargate`: a policy-driven authorization and identity gateway.
+//!
+//! The binary (`src/main.rs`) only calls [`cli::main`]; the library exists so that benches and
+//! tests can reach the pipeline stages directly.
+
+mod admin;
+mod audit;
+mod auth_cli;
+mod auth_domain;
+pub mod authn;
+pub mod authz;
+mod bench;
+mod bench_token;
+pub mod cli;
+mod config;
+mod cors;
+mod error;
+mod forward;
+mod metrics;
+mod policy_cli;
+mod proxy;
+pub mod request_id;
+mod respond;
+pub mod routes;
+mod serve;
+
+/// The configuration file used when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "config/cedargate.toml";
