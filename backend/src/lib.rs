@@ -22,7 +22,7 @@ pub use assertion::{
 };
 pub use error::{ApiError, BackendError};
 pub use server::{App, Listener, MAX_BODY_BYTES, serve};
-pub use store::{Document, EmbeddedStore, Store, StoreError};
+pub use store::{Document, EmbeddedStore, Page, Store, StoreError, WriteOp};
 
 /// The shortest assertion secret accepted (HS256 keys shorter than the hash are weak).
 pub const MIN_ASSERTION_KEY_BYTES: usize = 32;

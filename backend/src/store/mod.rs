@@ -69,6 +69,68 @@ pub struct Document {
     pub body: Value,
 }
 
+/// One write of a [`Store::transact`] batch; each carries its own condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Create the document; the batch fails if the key exists.
+    Insert {
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+        /// The document.
+        doc: Value,
+    },
+    /// Create or replace the document (no condition).
+    Put {
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+        /// The document.
+        doc: Value,
+    },
+    /// Shallow-merge into an existing object document; the batch fails if there is none.
+    Merge {
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+        /// The fields to set.
+        patch: Map<String, Value>,
+    },
+    /// Add to an integer field (missing = 0, creating the document); the batch fails if the
+    /// result would fall below `floor`.
+    Add {
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+        /// The integer field.
+        field: String,
+        /// The amount (may be negative).
+        delta: i64,
+        /// The lowest allowed result.
+        floor: i64,
+    },
+    /// Delete the document; the batch fails if there is none.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+    },
+}
+
+/// One page of a collection, ordered by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The documents of this page.
+    pub items: Vec<(String, Value)>,
+    /// Whether documents with larger ids remain (the last item's id continues the listing).
+    pub more: bool,
+}
+
 /// Tenant-scoped document storage.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -117,4 +179,67 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete every key of the workspace; how many documents went.
     async fn delete_workspace(&self, ws: &str) -> Result<usize, StoreError>;
+
+    /// Up to `limit` documents with an id strictly after `after` (all when `None`), ordered by id.
+    async fn list_page(
+        &self,
+        ws: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let mut items: Vec<(String, Value)> = self
+            .list(ws, collection)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+            .collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page { items, more })
+    }
+
+    /// Apply every write of `ops` in the workspace, all or none (a DynamoDB TransactWriteItems:
+    /// at most 25 writes, one per key). `false` when a condition failed and nothing was written.
+    ///
+    /// The default applies the writes one by one and is NOT atomic; every store overrides it.
+    async fn transact(&self, ws: &str, ops: Vec<WriteOp>) -> Result<bool, StoreError> {
+        for op in ops {
+            let ok = match op {
+                WriteOp::Insert {
+                    collection,
+                    id,
+                    doc,
+                } => self.insert(ws, &collection, &id, doc).await?,
+                WriteOp::Put {
+                    collection,
+                    id,
+                    doc,
+                } => {
+                    self.put(ws, &collection, &id, doc).await?;
+                    true
+                }
+                WriteOp::Merge {
+                    collection,
+                    id,
+                    patch,
+                } => self.merge(ws, &collection, &id, patch).await?.is_some(),
+                WriteOp::Add {
+                    collection,
+                    id,
+                    field,
+                    delta,
+                    floor,
+                } => self
+                    .add_to_field(ws, &collection, &id, &field, delta, floor)
+                    .await?
+                    .is_some(),
+                WriteOp::Delete { collection, id } => self.delete(ws, &collection, &id).await?,
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
