@@ -58,6 +58,8 @@ struct RawConfig {
     #[serde(default)]
     forward: RawForward,
     #[serde(default)]
+    pipeline: RawPipeline,
+    #[serde(default)]
     tls: RawTls,
     #[serde(default)]
     cors: RawCors,
@@ -198,6 +200,12 @@ struct RawForward {
     assertion_ttl_seconds: Option<u64>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    enabled: Option<bool>,
+}
+
 // ---- validated config ------------------------------------------------------------------
 
 /// The validated configuration of one `cedargate` process.
@@ -215,6 +223,8 @@ pub struct Config {
     pub issuer: Option<IssuerConfig>,
     pub backend: BackendTarget,
     pub assertion_ttl_seconds: u64,
+    /// `false`: the api listener is a plain reverse proxy (benchmark baseline only).
+    pub pipeline: bool,
     pub token_proxy: TokenProxySettings,
     pub dynamodb: DynamoDbSettings,
 }
@@ -563,6 +573,7 @@ impl Validator<'_> {
             issuer,
             backend,
             assertion_ttl_seconds,
+            pipeline: raw.pipeline.enabled.unwrap_or(true),
         })
     }
 

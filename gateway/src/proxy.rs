@@ -40,6 +40,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub audit: AuditSink,
     pub cors: Cors,
+    /// `false`: a plain reverse proxy, no stage runs (the benchmark's baseline).
+    pub pipeline: bool,
 }
 
 /// Per-request context: what each stage learned, recorded once in `logging`.
@@ -200,6 +202,9 @@ impl ProxyHttp for Gateway {
                 .get(request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
+        if !self.pipeline {
+            return Ok(false);
+        }
         if !self.cors.allowed_origins.is_empty() {
             let req = session.req_header();
             ctx.origin = self.cors.allowed_origin(req).map(str::to_string);
@@ -245,6 +250,9 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !self.pipeline {
+            return Ok(());
+        }
         forward::strip_identity_headers(upstream);
         let identity = ctx.identity.as_ref().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "forwarding without an identity")
@@ -329,6 +337,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !self.pipeline {
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         audit::record(&self.audit, ctx, status);
     }

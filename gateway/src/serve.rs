@@ -281,7 +281,13 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         upstream: upstream.clone(),
         audit,
         cors: config.cors.clone(),
+        pipeline: config.pipeline,
     };
+    if !config.pipeline {
+        tracing::warn!(
+            "pipeline.enabled = false: the api listener forwards everything unchecked (benchmark baseline only)"
+        );
+    }
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
     listen(
         &mut api,
