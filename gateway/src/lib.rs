@@ -22,6 +22,7 @@ mod proxy;
 pub mod request_id;
 mod respond;
 pub mod routes;
+pub mod waf;
 mod serve;
 
 /// The configuration file used when `--config` is not given.

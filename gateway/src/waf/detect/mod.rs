@@ -1,0 +1,1 @@
+//! Attack detection on one request's decoded fields (work in progress).
