@@ -19,11 +19,12 @@ mod forward;
 mod metrics;
 mod policy_cli;
 mod proxy;
+pub mod ratelimit;
 pub mod request_id;
 mod respond;
 pub mod routes;
-pub mod waf;
 mod serve;
+pub mod waf;
 
 /// The configuration file used when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "config/cedargate.toml";

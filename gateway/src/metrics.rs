@@ -88,7 +88,7 @@ pub static STAGE: LazyLock<HistogramVec> = LazyLock::new(|| {
     let h = HistogramVec::new(
         HistogramOpts::new(
             "cedargate_stage_duration_seconds",
-            "Latency of each pipeline stage (authn, authz, upstream)",
+            "Latency of each pipeline stage (waf, ratelimit, authn, authz, upstream)",
         )
         .buckets(vec![
             0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
@@ -135,6 +135,53 @@ pub static TOKEN_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["store", "op"],
     )
 });
+
+/// WAF detections by rule, request part and action (block, count).
+pub static WAF: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_waf_matches_total",
+        "WAF rule matches by rule, request part and action (block, count)",
+        &["rule", "part", "action"],
+    )
+});
+
+/// Rate-limit refusals by rule and action (block, count).
+pub static RATELIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_ratelimit_rejections_total",
+        "Requests over a rate limit by rule and action (block: refused with 429; count: logged only)",
+        &["rule", "action"],
+    )
+});
+
+/// Live rate-limit keys forgotten to keep memory bounded.
+pub static RATELIMIT_EVICTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_ratelimit_evictions_total",
+        "Live rate-limit keys forgotten because a rule held max_keys keys (that key's count restarts)",
+        &["rule"],
+    )
+});
+
+/// Count one WAF match.
+pub fn waf_match(rule: &str, part: &str, action: &str) {
+    WAF.with_label_values(&[rule, part, action]).inc();
+}
+
+/// Count one rate-limit refusal.
+pub fn ratelimit_rejection(rule: &str, action: &str) {
+    RATELIMIT.with_label_values(&[rule, action]).inc();
+}
+
+/// Count forgotten rate-limit keys.
+pub fn ratelimit_evictions(rule: &str, n: u64) {
+    RATELIMIT_EVICTIONS.with_label_values(&[rule]).inc_by(n);
+}
+
+/// Record one stage's duration (`waf`, `ratelimit`, ...).
+pub fn observe_stage(stage: &str, d: std::time::Duration) {
+    STAGE.with_label_values(&[stage]).observe(d.as_secs_f64());
+}
 
 /// `2xx`, `4xx`, ... for a status code.
 fn status_class(status: u16) -> &'static str {
@@ -241,6 +288,9 @@ pub fn render() -> String {
     LazyLock::force(&TOKEN_REQUESTS);
     LazyLock::force(&TOKEN_UPSTREAM);
     LazyLock::force(&TOKEN_STORE_ERRORS);
+    LazyLock::force(&WAF);
+    LazyLock::force(&RATELIMIT);
+    LazyLock::force(&RATELIMIT_EVICTIONS);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
