@@ -18,6 +18,7 @@ pub struct Admin {
     pub authorizer: Arc<Authorizer>,
     pub verifier: Arc<Verifier>,
     pub upstream: Upstream,
+    pub waf: Arc<crate::waf::Waf>,
 }
 
 fn json(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
@@ -102,6 +103,23 @@ impl ServeHttp for Admin {
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
             "/admin/policies" => self.policies(),
+            "/admin/waf/reload" if session.req_header().method == http::Method::POST => {
+                let waf = self.waf.clone();
+                match tokio::task::spawn_blocking(move || waf.reload_ip_lists("admin API")).await {
+                    Ok(Ok((allow, deny))) => json(
+                        200,
+                        serde_json::json!({"status": "reloaded", "allowRanges": allow, "denyRanges": deny}),
+                    ),
+                    Ok(Err(e)) => json(
+                        422,
+                        serde_json::json!({"code": "validation/invalid_ip_list", "message": e, "status": 422}),
+                    ),
+                    Err(_) => json(
+                        500,
+                        serde_json::json!({"code": "server/internal", "message": "reload failed", "status": 500}),
+                    ),
+                }
+            }
             "/admin/policies/reload" if session.req_header().method == http::Method::POST => {
                 self.reload().await
             }

@@ -12,6 +12,7 @@ use token_proxy::{ClientConfig, IssuerConfig};
 
 mod auth;
 mod env;
+mod limits;
 
 pub use auth::{DynamoDbSettings, TokenProxySettings, TokenStoreKind, UpstreamIdp};
 
@@ -59,6 +60,10 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default)]
     pipeline: RawPipeline,
+    #[serde(default)]
+    waf: limits::RawWaf,
+    #[serde(default)]
+    rate_limit: limits::RawRateLimit,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
@@ -225,6 +230,8 @@ pub struct Config {
     pub assertion_ttl_seconds: u64,
     /// `false`: the api listener is a plain reverse proxy (benchmark baseline only).
     pub pipeline: bool,
+    pub waf: crate::waf::WafSettings,
+    pub rate_limit: crate::ratelimit::RateLimitSettings,
     pub token_proxy: TokenProxySettings,
     pub dynamodb: DynamoDbSettings,
 }
@@ -558,7 +565,11 @@ impl Validator<'_> {
         let cors = self.cors(raw.cors)?;
         let token_proxy = self.token_proxy(raw.token_proxy)?;
         let dynamodb = self.dynamodb(raw.dynamodb)?;
+        let waf = self.waf(raw.waf)?;
+        let rate_limit = self.rate_limit(raw.rate_limit)?;
         Ok(Config {
+            waf,
+            rate_limit,
             token_proxy,
             dynamodb,
             cors,

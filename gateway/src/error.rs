@@ -25,6 +25,22 @@ pub enum GatewayError {
     RouteNotFound,
     /// Cedar denied the request (or evaluation failed, which denies).
     Forbidden,
+    /// A WAF rule (or the IP deny list) blocked the request; the rule id, never the payload.
+    WafBlocked(&'static str),
+    /// The body is larger than `waf.max_body_bytes`.
+    PayloadTooLarge,
+    /// The body is larger than the WAF inspects, and `waf.oversize_body = "block"`.
+    BodyNotInspectable,
+    /// The request target is longer than `waf.max_url_bytes`.
+    UriTooLong,
+    /// Too many headers, or too many header bytes.
+    HeadersTooLarge,
+    /// The client took too long to send a body.
+    BodyTimeout,
+    /// The request is malformed at the HTTP level.
+    InvalidRequest(&'static str),
+    /// A rate limit refused the request.
+    RateLimited(Box<crate::ratelimit::Applied>),
     /// The upstream could not be reached or failed.
     UpstreamUnavailable,
     /// Something inside the gateway failed.
@@ -38,6 +54,13 @@ impl GatewayError {
             Self::MissingToken | Self::InvalidToken(_) | Self::ExpiredToken => 401,
             Self::TokenInQuery | Self::InvalidPath(_) | Self::AmbiguousQuery => 400,
             Self::IssuerUnavailable => 503,
+            Self::WafBlocked(_) => 403,
+            Self::PayloadTooLarge | Self::BodyNotInspectable => 413,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
+            Self::BodyTimeout => 408,
+            Self::InvalidRequest(_) => 400,
+            Self::RateLimited(_) => 429,
             Self::RouteNotFound => 404,
             Self::Forbidden => 403,
             Self::UpstreamUnavailable => 502,
@@ -57,6 +80,14 @@ impl GatewayError {
             Self::InvalidPath(_) => "validation/invalid_path",
             Self::AmbiguousQuery => "validation/invalid_query",
             Self::RouteNotFound => "resource/not_found",
+            Self::WafBlocked(_) => "waf/blocked",
+            Self::PayloadTooLarge => "waf/payload_too_large",
+            Self::BodyNotInspectable => "waf/body_not_inspectable",
+            Self::UriTooLong => "waf/uri_too_long",
+            Self::HeadersTooLarge => "waf/headers_too_large",
+            Self::BodyTimeout => "validation/request_timeout",
+            Self::InvalidRequest(_) => "validation/invalid_request",
+            Self::RateLimited(_) => "rate_limit/exceeded",
             Self::Forbidden => "auth/insufficient_permissions",
             Self::UpstreamUnavailable => "server/upstream_unavailable",
             Self::Internal => "server/internal",
@@ -80,6 +111,16 @@ impl GatewayError {
                 "a query parameter the route reads is given more than once; send it once"
             }
             Self::RouteNotFound => "no such route",
+            Self::WafBlocked(_) => "the request was blocked by the web application firewall",
+            Self::PayloadTooLarge => "the request body is larger than allowed",
+            Self::BodyNotInspectable => {
+                "the request body is larger than the firewall inspects, and such bodies are refused"
+            }
+            Self::UriTooLong => "the request URL is longer than allowed",
+            Self::HeadersTooLarge => "the request has too many headers or header bytes",
+            Self::BodyTimeout => "the request body did not arrive in time",
+            Self::InvalidRequest(why) => why,
+            Self::RateLimited(_) => "too many requests; retry after the time given in Retry-After",
             Self::Forbidden => "the caller is not allowed to perform this action",
             Self::UpstreamUnavailable => "the backend is unavailable",
             Self::Internal => "internal error",
@@ -112,6 +153,12 @@ struct Envelope<'a> {
     request_id: &'a str,
     timestamp: String,
     path: &'a str,
+    /// The WAF or rate-limit rule that refused the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    /// Seconds until a rate-limited request may be retried.
+    #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 /// The JSON body of an error answer.
@@ -123,6 +170,15 @@ pub fn envelope(err: &GatewayError, request_id: &str, path: &str) -> Bytes {
         request_id,
         timestamp: now_rfc3339(),
         path,
+        rule: match err {
+            GatewayError::WafBlocked(rule) => Some(rule),
+            GatewayError::RateLimited(a) => Some(&a.rule),
+            _ => None,
+        },
+        retry_after: match err {
+            GatewayError::RateLimited(a) => Some(a.retry_after_seconds()),
+            _ => None,
+        },
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

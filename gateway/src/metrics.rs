@@ -163,6 +163,20 @@ pub static RATELIMIT_EVICTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// IP list reloads by result.
+pub static IP_LIST_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_waf_ip_list_reloads_total",
+        "WAF IP list reloads by result (ok, refused)",
+        &["result"],
+    )
+});
+
+/// Count an IP list reload.
+pub fn ip_list_reload(result: &str) {
+    IP_LIST_RELOADS.with_label_values(&[result]).inc();
+}
+
 /// Count one WAF match.
 pub fn waf_match(rule: &str, part: &str, action: &str) {
     WAF.with_label_values(&[rule, part, action]).inc();
@@ -291,6 +305,7 @@ pub fn render() -> String {
     LazyLock::force(&WAF);
     LazyLock::force(&RATELIMIT);
     LazyLock::force(&RATELIMIT_EVICTIONS);
+    LazyLock::force(&IP_LIST_RELOADS);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

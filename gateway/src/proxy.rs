@@ -1,13 +1,18 @@
 //! The api listener: pingora's `ProxyHttp`, one hook per phase, each calling one stage.
 //!
-//! request_filter: request id -> path check -> authn -> route -> authz (reject = answered)
+//! request_filter: request id -> waf (reputation, sizes, path check, detection) -> rate limit
+//!   by IP -> authn -> rate limit by principal -> route -> authz (reject = answered)
+//! request_body_filter: waf on a body too large to read ahead (its head is held until inspected)
 //! upstream_peer: the backend
 //! upstream_request_filter: forward (strip identity headers, add the signed assertion)
 //! response_filter: respond (request id, Server-Timing, security headers)
 //! logging: one audit line per request, written once from the context
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -21,9 +26,11 @@ use crate::authz::{Authorizer, Outcome, RequestFacts};
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::forward::{self, AssertionSigner};
+use crate::ratelimit::{Applied, Principal, RateLimiter};
 use crate::request_id;
 use crate::respond;
 use crate::routes::split_path;
+use crate::waf::{self, BodyGate, GateStep, Reputation, SampleContext, Waf};
 
 /// Where the backend listens.
 #[derive(Debug, Clone)]
@@ -42,6 +49,9 @@ pub struct Gateway {
     pub cors: Cors,
     /// `false`: a plain reverse proxy, no stage runs (the benchmark's baseline).
     pub pipeline: bool,
+    pub waf: Arc<Waf>,
+    /// `None`: rate limiting is off.
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Per-request context: what each stage learned, recorded once in `logging`.
@@ -54,6 +64,14 @@ pub struct RequestCtx {
     pub method: String,
     /// The Cedar action id of the matched route.
     pub route: Option<String>,
+    /// The client's address (the peer, or X-Forwarded-For behind a trusted proxy).
+    pub client_ip: Option<IpAddr>,
+    /// The body's inspection state, when the request has a body.
+    pub body_gate: Option<BodyGate>,
+    /// The rate-limit rule with the least room left, for the `RateLimit` headers.
+    pub rate_limit: Option<Applied>,
+    pub waf: Duration,
+    pub ratelimit: Duration,
     /// The Cedar resource, e.g. `Mission::"m1"`.
     pub resource: Option<String>,
     pub identity: Option<Arc<Identity>>,
@@ -77,6 +95,11 @@ impl RequestCtx {
             query: String::new(),
             method: String::new(),
             route: None,
+            client_ip: None,
+            body_gate: None,
+            rate_limit: None,
+            waf: Duration::ZERO,
+            ratelimit: Duration::ZERO,
             resource: None,
             identity: None,
             impersonated: None,
@@ -92,14 +115,96 @@ impl RequestCtx {
 }
 
 impl Gateway {
-    /// Stages 1, 4, 7 and 8. `Err(e)` means the request is rejected with `e`.
-    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    /// Stages 2 and 3: the WAF (reputation, sizes, smuggled paths, detection on the head and
+    /// on a body small enough to read ahead) and the rate limit by client IP.
+    async fn screen(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        let t = Instant::now();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let req = session.req_header();
         ctx.method = req.method.as_str().to_string();
         ctx.path = req.uri.path().to_string();
         ctx.query = req.uri.query().unwrap_or_default().to_string();
-
+        let client_ip = self.waf.client_ip(peer, req);
+        ctx.client_ip = Some(client_ip);
+        let reputation = self.waf.check_client_and_size(client_ip, req)?;
         // Stage 7, first half: a smuggled path is refused before anything costs more.
+        let segments = split_path(req.uri.path())?;
+        // The route is needed early for per-route WAF exclusions and rate limits.
+        let bundle = self.authorizer.current();
+        ctx.route = bundle
+            .routes
+            .find(&req.method, &segments)
+            .map(|m| bundle.routes.routes[m.route_index].action.clone());
+        drop(segments);
+        let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        let mut body = BytesMut::new();
+        if let Some(len) = waf::read_ahead_length(req) {
+            // Small enough for pingora's retry buffer, which replays it to the backend.
+            session.enable_retry_buffering();
+            let read = async {
+                while let Some(chunk) = session.read_request_body().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() as u64 >= len {
+                        break;
+                    }
+                }
+                Ok::<(), Box<Error>>(())
+            };
+            match tokio::time::timeout(waf::BODY_READ_TIMEOUT, read).await {
+                Err(_) => return Err(GatewayError::BodyTimeout),
+                Ok(Err(_)) => {
+                    return Err(GatewayError::InvalidRequest(
+                        "the request body could not be read",
+                    ));
+                }
+                Ok(Ok(())) => {}
+            }
+            ctx.body_gate = Some(BodyGate::inspected());
+        } else if has_body {
+            ctx.body_gate = Some(self.waf.body_gate());
+        }
+        let req = session.req_header();
+        let sample = SampleContext {
+            request_id: &ctx.request_id,
+            client_ip,
+            method: &ctx.method,
+            path: &ctx.path,
+        };
+        let inspected = self
+            .waf
+            .inspect(req, ctx.route.as_deref(), &body, false, &sample);
+        ctx.waf = t.elapsed();
+        crate::metrics::observe_stage("waf", ctx.waf);
+        inspected?;
+
+        // Stage 3: the rate limit by client IP (allow-listed clients are exempt).
+        if let (Some(limiter), Reputation::Neutral) = (&self.limiter, reputation) {
+            let t = Instant::now();
+            let checked = limiter.check_ip(client_ip);
+            ctx.ratelimit += t.elapsed();
+            match checked {
+                Ok(applied) => ctx.rate_limit = applied,
+                Err(refused) => return Err(GatewayError::RateLimited(refused)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages 4 to 8. `Err(e)` means the request is rejected with `e`.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        self.screen(session, ctx).await?;
+        let req = session.req_header();
         let segments = split_path(req.uri.path())?;
         let query: Vec<(String, String)> = req
             .uri
@@ -121,6 +226,35 @@ impl Gateway {
         ctx.authn = t.elapsed();
         let identity = verified.map_err(|e| e.into_gateway())?;
         ctx.identity = Some(identity.clone());
+        let impersonated = req
+            .headers
+            .get("x-user-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+
+        // Stage 6: rate limits by principal (client, impersonated user, tenant plan, route).
+        if let Some(limiter) = &self.limiter {
+            let t = Instant::now();
+            let checked = limiter.check_principal(&Principal {
+                identity: &identity,
+                impersonated_user: impersonated.as_deref(),
+                action_id: ctx.route.as_deref(),
+                client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            });
+            ctx.ratelimit += t.elapsed();
+            match checked {
+                Ok(Some(applied)) => {
+                    if ctx
+                        .rate_limit
+                        .as_ref()
+                        .is_none_or(|a| applied.standing.remaining < a.standing.remaining)
+                    {
+                        ctx.rate_limit = Some(applied);
+                    }
+                }
+                Ok(None) => {}
+                Err(refused) => return Err(GatewayError::RateLimited(refused)),
+            }
+        }
 
         // Stage 7: the route.
         let bundle = self.authorizer.current();
@@ -146,10 +280,6 @@ impl Gateway {
 
         // Stage 8: authorization (with the shadow set beside it).
         let t = Instant::now();
-        let impersonated = req
-            .headers
-            .get("x-user-id")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let outcome = self.authorizer.authorize(
             &bundle,
             &identity,
@@ -232,6 +362,54 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(mut gate) = ctx.body_gate.take() else {
+            return Ok(());
+        };
+        let outcome = match gate.take(&self.waf, body, end_of_stream) {
+            Ok(GateStep::Pass) => Ok(()),
+            Ok(GateStep::Inspect { truncated }) => {
+                let t = Instant::now();
+                let sample = SampleContext {
+                    request_id: &ctx.request_id,
+                    client_ip: ctx.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    method: &ctx.method,
+                    path: &ctx.path,
+                };
+                let inspected = self.waf.inspect(
+                    session.req_header(),
+                    ctx.route.as_deref(),
+                    gate.head(),
+                    truncated,
+                    &sample,
+                );
+                let spent = t.elapsed();
+                ctx.waf += spent;
+                crate::metrics::observe_stage("waf", spent);
+                if inspected.is_ok() {
+                    gate.release(body);
+                }
+                inspected
+            }
+            Err(e) => Err(e),
+        };
+        ctx.body_gate = Some(gate);
+        outcome.map_err(|e| {
+            ctx.rejected = Some(e);
+            // fail_to_proxy answers with the rejection recorded in the context.
+            Error::explain(
+                ErrorType::Custom("request body rejected"),
+                "request body rejected",
+            )
+        })
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -289,6 +467,9 @@ impl ProxyHttp for Gateway {
         }
         respond::decorate(resp, &ctx.request_id)?;
         self.cors.decorate(ctx.origin.as_deref(), resp)?;
+        if let Some(applied) = &ctx.rate_limit {
+            respond::rate_limit_headers(resp, applied)?;
+        }
         resp.insert_header(
             "server-timing",
             respond::server_timing(ctx.authn, ctx.authz, ctx.upstream.unwrap_or_default()),
@@ -306,6 +487,8 @@ impl ProxyHttp for Gateway {
         RequestCtx: Send + Sync,
     {
         let err = match e.etype() {
+            // The body stage rejected the request (the upstream never got the whole body).
+            _ if ctx.rejected.is_some() => ctx.rejected.take().unwrap_or(GatewayError::Internal),
             ErrorType::HTTPStatus(code) if *code < 500 => {
                 // A malformed request the HTTP layer refused.
                 let _ = session.respond_error(*code).await;

@@ -83,8 +83,22 @@ pub async fn error_with(
     if let Some(challenge) = err.www_authenticate() {
         resp.insert_header("www-authenticate", challenge)?;
     }
+    if let GatewayError::RateLimited(applied) = err {
+        rate_limit_headers(&mut resp, applied)?;
+        resp.insert_header("retry-after", applied.retry_after_seconds().to_string())?;
+    }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one rule.
+pub fn rate_limit_headers(
+    resp: &mut ResponseHeader,
+    applied: &crate::ratelimit::Applied,
+) -> Result<()> {
+    resp.insert_header("ratelimit-policy", applied.policy_header())?;
+    resp.insert_header("ratelimit", applied.state_header())?;
     Ok(())
 }

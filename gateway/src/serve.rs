@@ -148,6 +148,40 @@ impl BackgroundService for PolicyReloader {
     }
 }
 
+/// Reloads the WAF's IP lists on SIGHUP and, when watching, when their files change.
+struct IpListReloader {
+    waf: Arc<crate::waf::Waf>,
+}
+
+#[async_trait]
+impl BackgroundService for IpListReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let settings = self.waf.settings();
+        if settings.ip_allow_file.is_none() && settings.ip_deny_file.is_none() {
+            return;
+        }
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        let watch = settings.ip_lists_watch;
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(settings.ip_lists_watch_interval_ms));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    let _ = self.waf.reload_ip_lists("SIGHUP");
+                }
+                _ = tick.tick() => {
+                    if watch {
+                        self.waf.reload_if_changed();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service.
 fn listen<A>(
     service: &mut Service<A>,
@@ -274,6 +308,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     server.bootstrap();
     let conf = server.configuration.clone();
 
+    let waf = Arc::new(
+        crate::waf::Waf::new(config.waf.clone()).map_err(|e| anyhow::anyhow!("waf: {e}"))?,
+    );
+    let limiter = crate::ratelimit::RateLimiter::new(&config.rate_limit).map(Arc::new);
     let gateway = Gateway {
         verifier: verifier.clone(),
         authorizer: authorizer.clone(),
@@ -282,6 +320,8 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         audit,
         cors: config.cors.clone(),
         pipeline: config.pipeline,
+        waf: waf.clone(),
+        limiter,
     };
     if !config.pipeline {
         tracing::warn!(
@@ -309,6 +349,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             authorizer: authorizer.clone(),
             verifier: verifier.clone(),
             upstream,
+            waf: waf.clone(),
         },
     );
     listen(
@@ -324,6 +365,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         "signing key reload",
         crate::auth_domain::KeyReloader { issuer },
     ));
+    server.add_service(background_service("ip list reload", IpListReloader { waf }));
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher { verifier },

@@ -67,6 +67,48 @@ pub fn relocatable_config_text() -> String {
     )
 }
 
+/// The default config's text with the per-IP rate limit (100 per 5 minutes) raised out of the
+/// way: every e2e request comes from 127.0.0.1. Rate-limit tests set their own limits.
+pub fn unlimited_config_text() -> String {
+    raise_ip_limit(&relocatable_config_text())
+}
+
+/// `text` (a copy of the default config) with `[rate_limit.ip] limit = 100` raised to 10^9.
+pub fn raise_ip_limit(text: &str) -> String {
+    let section = text
+        .find("[rate_limit.ip]")
+        .expect("the default config has a [rate_limit.ip] section");
+    let at = section
+        + text[section..]
+            .find("\nlimit = 100")
+            .expect("[rate_limit.ip] starts with `limit = 100`");
+    format!(
+        "{}\nlimit = 1000000000{}",
+        &text[..at],
+        &text[at + "\nlimit = 100".len()..]
+    )
+}
+
+/// The config `Gateway::start` and `Gateway::shared` run: `CEDARGATE_CONFIG`, else
+/// [`unlimited_config_text`] written once per test process.
+pub fn test_config() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(path) = std::env::var_os("CEDARGATE_CONFIG") {
+        return PathBuf::from(path);
+    }
+    PATH.get_or_init(|| {
+        let dir = workspace_root().join("target").join("e2e-config");
+        std::fs::create_dir_all(&dir).expect("create target/e2e-config");
+        let path = dir.join("cedargate-test.toml");
+        // Written aside then renamed: test processes running at once never read half a file.
+        let tmp = dir.join(format!("cedargate-test.toml.{}", std::process::id()));
+        std::fs::write(&tmp, unlimited_config_text()).expect("write the test config");
+        std::fs::rename(&tmp, &path).expect("rename the test config");
+        path
+    })
+    .clone()
+}
+
 /// Write `text` as `name` in `dir` and return its path.
 pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -159,9 +201,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `serve` with the default config; panics (printing the logs) when it is not ready.
+    /// Starts `serve` with [`test_config`]; panics (printing the logs) when it is not ready.
     pub fn start() -> Gateway {
-        Gateway::start_with(&default_config(), &[])
+        Gateway::start_with(&test_config(), &[])
     }
 
     /// Starts `serve` with `config` and `extra_args` appended to the command line.
@@ -220,7 +262,7 @@ impl Gateway {
 
     /// The shared gateway of a test file: started once, its failure remembered for every test.
     pub fn shared(cell: &'static OnceLock<Result<Gateway, String>>) -> &'static Gateway {
-        match cell.get_or_init(|| Gateway::try_start_with(&default_config(), &[])) {
+        match cell.get_or_init(|| Gateway::try_start_with(&test_config(), &[])) {
             Ok(gw) => gw,
             Err(e) => panic!("the shared gateway did not start: {e}"),
         }

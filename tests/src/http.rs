@@ -26,6 +26,9 @@ pub const ENVELOPE_KEYS: [&str; 6] = [
     "path",
 ];
 
+/// Keys some errors add to the envelope: the refusing WAF or rate-limit `rule`, `retryAfter`.
+pub const OPTIONAL_ENVELOPE_KEYS: [&str; 2] = ["rule", "retryAfter"];
+
 /// A response, fully read.
 #[derive(Clone)]
 pub struct Answer {
@@ -78,12 +81,18 @@ impl Answer {
             problems.push("body is not a JSON object".to_owned());
             return problems;
         };
-        let mut keys: Vec<&str> = body.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = body
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !OPTIONAL_ENVELOPE_KEYS.contains(k))
+            .collect();
         keys.sort_unstable();
         let mut want = ENVELOPE_KEYS.to_vec();
         want.sort_unstable();
         if keys != want {
-            problems.push(format!("envelope keys are {keys:?}, want exactly {want:?}"));
+            problems.push(format!(
+                "envelope keys are {keys:?}, want exactly {want:?} (plus optional {OPTIONAL_ENVELOPE_KEYS:?})"
+            ));
         }
         if body.get("status").and_then(Value::as_u64) != Some(u64::from(self.status)) {
             problems.push(format!(

@@ -1,7 +1,7 @@
 //! CORS answered at the gateway from config.
 
 use e2e_tests::claims::human;
-use e2e_tests::gateway::{Gateway, relocatable_config_text, write_config};
+use e2e_tests::gateway::{Gateway, unlimited_config_text, write_config};
 use e2e_tests::http::{bearer, client, send};
 
 const APP: &str = "https://app.example.com";
@@ -15,7 +15,7 @@ async fn preflights_and_responses_follow_the_configured_origins() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "{}\n[cors]\nallowed_origins = [\"{APP}\"]\n",
-        relocatable_config_text()
+        unlimited_config_text()
     );
     let config = write_config(dir.path(), "cors.toml", &text);
     let gw = Gateway::start_with(&config, &[]);

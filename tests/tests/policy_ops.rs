@@ -42,7 +42,7 @@ impl Setup {
                 _ => lines.push(line.to_string()),
             }
         }
-        let text = lines.join("\n");
+        let text = e2e_tests::gateway::raise_ip_limit(&lines.join("\n"));
         assert!(
             text.contains("watch_interval_ms") && text.contains("audit.jsonl"),
             "the default config changed shape"

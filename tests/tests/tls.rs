@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use e2e_tests::gateway::{Gateway, relocatable_config_text, write_config};
+use e2e_tests::gateway::{Gateway, unlimited_config_text, write_config};
 
 fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new("openssl")
@@ -77,7 +77,7 @@ fn tls_config(dir: &Path) -> std::path::PathBuf {
     }
     let text = format!(
         "{}\n[tls.api]\ncert_file = {:?}\nkey_file = {:?}\n",
-        relocatable_config_text(),
+        unlimited_config_text(),
         dir.join("cert.pem").display().to_string(),
         dir.join("key.pem").display().to_string()
     );

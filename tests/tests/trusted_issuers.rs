@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_tests::claims::human;
-use e2e_tests::gateway::{Gateway, binary, free_ports, relocatable_config_text, write_config};
+use e2e_tests::gateway::{Gateway, binary, free_ports, unlimited_config_text, write_config};
 use e2e_tests::http::{bearer, client, send};
 use serde_json::json;
 
@@ -15,7 +15,7 @@ const IDP_ISSUER: &str = "http://127.0.0.1:8081";
 
 /// A config that disables the embedded issuer and trusts `jwks_uri` for `IDP_ISSUER`.
 fn trusting_config(dir: &Path, jwks_uri: &str) -> PathBuf {
-    let text = relocatable_config_text()
+    let text = unlimited_config_text()
         .replace("[issuer]\nenabled = true", "[issuer]\nenabled = false")
         .replace(
             "[issuer]\n",

@@ -103,7 +103,7 @@ fn is_table_name(s: &str) -> bool {
 }
 
 impl Validator<'_> {
-    fn range(&self, key: &str, v: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+    pub(super) fn range(&self, key: &str, v: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {

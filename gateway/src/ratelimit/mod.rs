@@ -179,6 +179,9 @@ pub struct Principal<'a> {
     pub client_ip: IpAddr,
 }
 
+/// The rules of one route, each with what it is keyed on.
+type RouteRules = Vec<(RouteKey, Rule<Box<str>>)>;
+
 /// Every rate-limit rule of the api listener.
 pub struct RateLimiter {
     epoch: Instant,
@@ -189,7 +192,7 @@ pub struct RateLimiter {
     tenant_plans: HashMap<String, Rule<Box<str>>>,
     tenant_default: Option<String>,
     tenant_workspaces: HashMap<String, String>,
-    routes: HashMap<String, Vec<(RouteKey, Rule<Box<str>>)>>,
+    routes: HashMap<String, RouteRules>,
 }
 
 impl RateLimiter {
@@ -199,7 +202,7 @@ impl RateLimiter {
             return None;
         }
         let max = settings.max_keys;
-        let mut routes: HashMap<String, Vec<(RouteKey, Rule<Box<str>>)>> = HashMap::new();
+        let mut routes: HashMap<String, RouteRules> = HashMap::new();
         for r in &settings.routes {
             routes.entry(r.action_id.clone()).or_default().push((
                 r.key,
@@ -321,7 +324,7 @@ impl RateLimiter {
         Ok(tightest)
     }
 
-    fn routes_for(&self, action_id: Option<&str>) -> Option<&Vec<(RouteKey, Rule<Box<str>>)>> {
+    fn routes_for(&self, action_id: Option<&str>) -> Option<&RouteRules> {
         self.routes.get(action_id?)
     }
 
