@@ -19,6 +19,8 @@ pub struct Admin {
     pub verifier: Arc<Verifier>,
     pub upstream: Upstream,
     pub waf: Arc<crate::waf::Waf>,
+    /// The TLS listeners' certificates (set once every listener is configured).
+    pub certs: Arc<std::sync::OnceLock<Arc<Vec<Arc<crate::tls::ReloadingCert>>>>>,
 }
 
 fn json(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
@@ -113,6 +115,31 @@ impl ServeHttp for Admin {
                     Ok(Err(e)) => json(
                         422,
                         serde_json::json!({"code": "validation/invalid_ip_list", "message": e, "status": 422}),
+                    ),
+                    Err(_) => json(
+                        500,
+                        serde_json::json!({"code": "server/internal", "message": "reload failed", "status": 500}),
+                    ),
+                }
+            }
+            "/admin/tls/reload" if session.req_header().method == http::Method::POST => {
+                let certs = self.certs.get().cloned().unwrap_or_default();
+                let result = tokio::task::spawn_blocking(move || {
+                    certs
+                        .iter()
+                        .map(|c| c.reload("admin API"))
+                        .collect::<Result<Vec<()>, String>>()
+                        .map(|v| v.len())
+                })
+                .await;
+                match result {
+                    Ok(Ok(n)) => json(
+                        200,
+                        serde_json::json!({"status": "reloaded", "certificates": n}),
+                    ),
+                    Ok(Err(e)) => json(
+                        422,
+                        serde_json::json!({"code": "validation/invalid_certificate", "message": e, "status": 422}),
                     ),
                     Err(_) => json(
                         500,

@@ -135,16 +135,23 @@ pub fn record(sink: &AuditSink, ctx: &RequestCtx, status: u16) {
         ctx.started.elapsed().as_secs_f64(),
     );
     crate::metrics::observe_stages(ctx.authn, ctx.authz, ctx.upstream);
+    if !ctx.ratelimit.is_zero() {
+        crate::metrics::observe_stage("ratelimit", ctx.ratelimit);
+    }
     tracing::info!(
         target: "access",
         request_id = %ctx.request_id,
         method = %ctx.method,
         route = ctx.route.as_deref().unwrap_or(""),
-        principal = identity.map_or("", |i| i.principal_id.as_str()),
+        client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        principal = %mask_email(identity.map_or("", |i| i.principal_id.as_str())),
+        impersonated = %mask_email(ctx.impersonated.as_deref().unwrap_or("")),
         workspace = identity.and_then(|i| i.workspace_id.as_deref()).unwrap_or(""),
         decision,
         code = ctx.rejected.as_ref().map_or("", |e| e.code()),
         status,
+        waf_us = ctx.waf.as_micros() as u64,
+        ratelimit_us = ctx.ratelimit.as_micros() as u64,
         authn_us = ctx.authn.as_micros() as u64,
         authz_us = ctx.authz.as_micros() as u64,
         upstream_us = ctx.upstream.map_or(0, |d| d.as_micros() as u64),
@@ -153,5 +160,30 @@ pub fn record(sink: &AuditSink, ctx: &RequestCtx, status: u16) {
     );
     if let Some(record) = decision_record(ctx) {
         sink.send(&record);
+    }
+}
+
+/// An email address as `j***@example.com` (access lines name principals without exposing
+/// addresses); anything else unchanged.
+pub fn mask_email(id: &str) -> std::borrow::Cow<'_, str> {
+    match id.split_once('@') {
+        Some((local, domain)) if !local.is_empty() && domain.contains('.') => {
+            let first = local.chars().next().unwrap_or('*');
+            format!("{first}***@{domain}").into()
+        }
+        _ => id.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_email;
+
+    #[test]
+    fn emails_are_masked_and_ids_kept() {
+        assert_eq!(mask_email("jane.doe@example.com"), "j***@example.com");
+        assert_eq!(mask_email("u-owner"), "u-owner");
+        assert_eq!(mask_email("svc@internal"), "svc@internal");
+        assert_eq!(mask_email(""), "");
     }
 }

@@ -39,6 +39,8 @@ pub enum GatewayError {
     BodyTimeout,
     /// The request is malformed at the HTTP level.
     InvalidRequest(&'static str),
+    /// `X-User-ID` was sent by a caller that may not act for that user (or for anyone).
+    InvalidDelegation(&'static str),
     /// A rate limit refused the request.
     RateLimited(Box<crate::ratelimit::Applied>),
     /// The upstream could not be reached or failed.
@@ -54,7 +56,7 @@ impl GatewayError {
             Self::MissingToken | Self::InvalidToken(_) | Self::ExpiredToken => 401,
             Self::TokenInQuery | Self::InvalidPath(_) | Self::AmbiguousQuery => 400,
             Self::IssuerUnavailable => 503,
-            Self::WafBlocked(_) => 403,
+            Self::WafBlocked(_) | Self::InvalidDelegation(_) => 403,
             Self::PayloadTooLarge | Self::BodyNotInspectable => 413,
             Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,
@@ -81,6 +83,7 @@ impl GatewayError {
             Self::AmbiguousQuery => "validation/invalid_query",
             Self::RouteNotFound => "resource/not_found",
             Self::WafBlocked(_) => "waf/blocked",
+            Self::InvalidDelegation(_) => "auth/invalid_delegation",
             Self::PayloadTooLarge => "waf/payload_too_large",
             Self::BodyNotInspectable => "waf/body_not_inspectable",
             Self::UriTooLong => "waf/uri_too_long",
@@ -119,7 +122,7 @@ impl GatewayError {
             Self::UriTooLong => "the request URL is longer than allowed",
             Self::HeadersTooLarge => "the request has too many headers or header bytes",
             Self::BodyTimeout => "the request body did not arrive in time",
-            Self::InvalidRequest(why) => why,
+            Self::InvalidRequest(why) | Self::InvalidDelegation(why) => why,
             Self::RateLimited(_) => "too many requests; retry after the time given in Retry-After",
             Self::Forbidden => "the caller is not allowed to perform this action",
             Self::UpstreamUnavailable => "the backend is unavailable",

@@ -14,6 +14,7 @@ mod bench_token;
 pub mod cli;
 mod config;
 mod cors;
+mod delegation;
 mod error;
 mod forward;
 mod metrics;
@@ -24,6 +25,7 @@ pub mod request_id;
 mod respond;
 pub mod routes;
 mod serve;
+mod tls;
 pub mod waf;
 
 /// The configuration file used when `--config` is not given.

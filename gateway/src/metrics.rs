@@ -172,6 +172,20 @@ pub static IP_LIST_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// TLS certificate reloads by result.
+pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_tls_reloads_total",
+        "TLS certificate reloads by result (ok, refused)",
+        &["result"],
+    )
+});
+
+/// Count a TLS certificate reload.
+pub fn tls_reload(result: &str) {
+    TLS_RELOADS.with_label_values(&[result]).inc();
+}
+
 /// Count an IP list reload.
 pub fn ip_list_reload(result: &str) {
     IP_LIST_RELOADS.with_label_values(&[result]).inc();
@@ -306,6 +320,7 @@ pub fn render() -> String {
     LazyLock::force(&RATELIMIT);
     LazyLock::force(&RATELIMIT_EVICTIONS);
     LazyLock::force(&IP_LIST_RELOADS);
+    LazyLock::force(&TLS_RELOADS);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

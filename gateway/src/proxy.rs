@@ -1,7 +1,7 @@
 //! The api listener: pingora's `ProxyHttp`, one hook per phase, each calling one stage.
 //!
 //! request_filter: request id -> waf (reputation, sizes, path check, detection) -> rate limit
-//!   by IP -> authn -> rate limit by principal -> route -> authz (reject = answered)
+//!   by IP -> authn -> delegation -> rate limit by principal -> route -> authz (reject = answered)
 //! request_body_filter: waf on a body too large to read ahead (its head is held until inspected)
 //! upstream_peer: the backend
 //! upstream_request_filter: forward (strip identity headers, add the signed assertion)
@@ -24,6 +24,7 @@ use crate::audit::{self, AuditSink};
 use crate::authn::{Identity, Verifier, bearer_token};
 use crate::authz::{Authorizer, Outcome, RequestFacts};
 use crate::cors::Cors;
+use crate::delegation::Directory;
 use crate::error::GatewayError;
 use crate::forward::{self, AssertionSigner};
 use crate::ratelimit::{Applied, Principal, RateLimiter};
@@ -50,6 +51,8 @@ pub struct Gateway {
     /// `false`: a plain reverse proxy, no stage runs (the benchmark's baseline).
     pub pipeline: bool,
     pub waf: Arc<Waf>,
+    /// The user directory for delegation (`X-User-ID`).
+    pub directory: Directory,
     /// `None`: rate limiting is off.
     pub limiter: Option<Arc<RateLimiter>>,
 }
@@ -226,10 +229,17 @@ impl Gateway {
         ctx.authn = t.elapsed();
         let identity = verified.map_err(|e| e.into_gateway())?;
         ctx.identity = Some(identity.clone());
-        let impersonated = req
-            .headers
-            .get("x-user-id")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+
+        // Stage 5: delegation (an M2M client acting for a user of its workspace).
+        let delegated = self
+            .directory
+            .delegate(
+                &identity,
+                req.headers.get("x-user-id").map(|v| v.as_bytes()),
+                &ctx.request_id,
+            )
+            .await?;
+        let impersonated = delegated.as_ref().map(|u| u.user_id.clone());
 
         // Stage 6: rate limits by principal (client, impersonated user, tenant plan, route).
         if let Some(limiter) = &self.limiter {

@@ -19,6 +19,7 @@ use crate::authz::{Authorizer, PolicyBundle, PolicySource};
 use crate::config::{BackendTarget, CertFiles, Config};
 use crate::forward::{self, AssertionSigner};
 use crate::proxy::{Gateway, Upstream};
+use crate::tls::ReloadingCert;
 
 /// Listener and path overrides from the command line.
 #[derive(Debug, Default, Clone)]
@@ -182,23 +183,59 @@ impl BackgroundService for IpListReloader {
     }
 }
 
-/// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service.
+/// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service; a TLS endpoint's certificate
+/// joins `certs`, the ones `TlsReloader` and `POST /admin/tls/reload` renew.
 fn listen<A>(
     service: &mut Service<A>,
     addr: std::net::SocketAddr,
     tls: Option<&CertFiles>,
+    certs: &mut Vec<Arc<ReloadingCert>>,
 ) -> anyhow::Result<()> {
     match tls {
         None => service.add_tcp(&addr.to_string()),
-        Some(t) => service
-            .add_tls(
-                &addr.to_string(),
-                &t.cert_file.to_string_lossy(),
-                &t.key_file.to_string_lossy(),
-            )
-            .map_err(|e| anyhow::anyhow!("TLS on {addr}: {e}"))?,
+        Some(t) => {
+            let cert = ReloadingCert::new(t).map_err(|e| anyhow::anyhow!("TLS on {addr}: {e}"))?;
+            let settings = cert
+                .settings()
+                .map_err(|e| anyhow::anyhow!("TLS on {addr}: {e}"))?;
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+            certs.push(cert);
+        }
     }
     Ok(())
+}
+
+/// Renews the listeners' certificates when their files change and on SIGHUP.
+struct TlsReloader {
+    certs: Arc<Vec<Arc<ReloadingCert>>>,
+}
+
+#[async_trait]
+impl BackgroundService for TlsReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        if self.certs.is_empty() {
+            return;
+        }
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    for c in self.certs.iter() {
+                        let _ = c.reload("SIGHUP");
+                    }
+                }
+                _ = tick.tick() => {
+                    for c in self.certs.iter() {
+                        c.reload_if_changed();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Run the gateway until a signal stops it.
@@ -321,6 +358,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         cors: config.cors.clone(),
         pipeline: config.pipeline,
         waf: waf.clone(),
+        directory: crate::delegation::Directory::new(
+            &upstream,
+            AssertionSigner::new(&secret, config.assertion_ttl_seconds),
+        )?,
         limiter,
     };
     if !config.pipeline {
@@ -328,11 +369,14 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             "pipeline.enabled = false: the api listener forwards everything unchecked (benchmark baseline only)"
         );
     }
+    let mut certs = Vec::new();
+    let tls_certs = Arc::new(std::sync::OnceLock::new());
     let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
     listen(
         &mut api,
         config.listeners.api,
         config.listeners.api_tls.as_ref(),
+        &mut certs,
     )?;
 
     let auth_domain = AuthDomain::new(&config, issuer.clone())?;
@@ -341,6 +385,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         &mut auth,
         config.listeners.auth,
         config.listeners.auth_tls.as_ref(),
+        &mut certs,
     )?;
 
     let mut admin = Service::new(
@@ -350,13 +395,17 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             verifier: verifier.clone(),
             upstream,
             waf: waf.clone(),
+            certs: tls_certs.clone(),
         },
     );
     listen(
         &mut admin,
         config.listeners.admin,
         config.listeners.admin_tls.as_ref(),
+        &mut certs,
     )?;
+    let certs = Arc::new(certs);
+    let _ = tls_certs.set(certs.clone());
 
     server.add_service(api);
     server.add_service(auth);
@@ -366,6 +415,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         crate::auth_domain::KeyReloader { issuer },
     ));
     server.add_service(background_service("ip list reload", IpListReloader { waf }));
+    server.add_service(background_service("tls reload", TlsReloader { certs }));
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher { verifier },

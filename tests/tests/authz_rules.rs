@@ -45,9 +45,12 @@ fn judge(case: &Case, answer: &Answer) -> Option<String> {
             && answer.status < 500
             && (answer.status != 404 || answer.forwarded())
     } else {
-        // Denied by the gateway's policy, not by the backend after forwarding.
+        // Denied by the gateway's policy (or, for X-User-ID, by its delegation stage), not by
+        // the backend after forwarding.
+        let delegating = case.headers.iter().any(|(k, _)| k == "x-user-id");
         answer.status == 403
-            && answer.code().as_deref() == Some("auth/insufficient_permissions")
+            && (answer.code().as_deref() == Some("auth/insufficient_permissions")
+                || (delegating && answer.code().as_deref() == Some("auth/invalid_delegation")))
             && !answer.forwarded()
     };
     (!ok).then(|| {

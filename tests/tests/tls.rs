@@ -140,3 +140,93 @@ async fn api_listener_speaks_tls_1_2_and_1_3_only_with_hsts() {
         .await;
     assert!(plain.is_err() || plain.unwrap().status().as_u16() >= 400);
 }
+
+/// The subject of the certificate the listener presents.
+fn served_subject(addr: &str, dir: &Path) -> String {
+    let out = openssl(
+        &[
+            "s_client",
+            "-connect",
+            addr,
+            "-CAfile",
+            "ca.pem",
+            "-servername",
+            "localhost",
+        ],
+        dir,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_else(|| panic!("no subject in s_client output:\n{text}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn certificates_are_renewed_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tls_config(dir.path());
+    let gw = Gateway::start_with(&config, &[]);
+    let addr = gw.api.to_string();
+    assert!(served_subject(&addr, dir.path()).contains("localhost"));
+    // A renewed leaf from the same CA, with another subject, written over the old files.
+    for args in [
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key2.pem",
+            "-out",
+            "leaf2.csr",
+            "-subj",
+            "/CN=localhost/O=renewed",
+        ][..],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf2.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert2.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ][..],
+    ] {
+        let out = openssl(args, dir.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A mismatched pair is refused and the certificate in force stays.
+    std::fs::copy(dir.path().join("cert2.pem"), dir.path().join("cert.pem")).unwrap();
+    let c = reqwest::Client::new();
+    let r = c
+        .post(gw.admin_url("/admin/tls/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(!served_subject(&addr, dir.path()).contains("renewed"));
+    assert!(handshake(&addr, "-tls1_3", dir.path()));
+    // The matching key too: the next handshakes get the new certificate.
+    std::fs::copy(dir.path().join("key2.pem"), dir.path().join("key.pem")).unwrap();
+    let r = c
+        .post(gw.admin_url("/admin/tls/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(served_subject(&addr, dir.path()).contains("renewed"));
+    assert!(handshake(&addr, "-tls1_2", dir.path()));
+}
