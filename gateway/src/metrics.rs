@@ -304,6 +304,88 @@ fn method_label(m: &str) -> &str {
     }
 }
 
+/// Process metrics with the conventional names (`process_*`), read from `/proc/self` at scrape
+/// time. Written here rather than through prometheus' `process` feature, which would pull a
+/// second `rustix` into the build.
+mod process {
+    use prometheus::{Gauge, IntGauge, Opts};
+    use std::sync::LazyLock;
+
+    fn gauge(name: &str, help: &str) -> Gauge {
+        let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
+        let _ = super::REGISTRY.register(Box::new(g.clone()));
+        g
+    }
+
+    fn int_gauge(name: &str, help: &str) -> IntGauge {
+        let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
+        let _ = super::REGISTRY.register(Box::new(g.clone()));
+        g
+    }
+
+    static CPU: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds",
+        )
+    });
+    static RSS: LazyLock<IntGauge> = LazyLock::new(|| {
+        int_gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+        )
+    });
+    static VSZ: LazyLock<IntGauge> = LazyLock::new(|| {
+        int_gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+        )
+    });
+    static FDS: LazyLock<IntGauge> =
+        LazyLock::new(|| int_gauge("process_open_fds", "Number of open file descriptors"));
+    static THREADS: LazyLock<IntGauge> =
+        LazyLock::new(|| int_gauge("process_threads", "Number of OS threads in the process"));
+    static START: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since the unix epoch in seconds",
+        )
+    });
+
+    /// Clock ticks per second and page size: fixed at 100 and 4096 on Linux x86_64/aarch64.
+    const TICKS: f64 = 100.0;
+    const PAGE: i64 = 4096;
+
+    /// Refresh every process gauge (a missing /proc leaves them as they were).
+    pub fn refresh() {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name (which may hold spaces).
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // man 5 proc: utime 14, stime 15, num_threads 20, starttime 22, vsize 23, rss 24
+            // (1-based, counting pid and comm); here 0-based after comm: minus 3.
+            CPU.set((num(11) + num(12)) / TICKS);
+            THREADS.set(num(17) as i64);
+            VSZ.set(num(20) as i64);
+            RSS.set(num(21) as i64 * PAGE);
+            if let Some(boot) = boot_time() {
+                START.set(boot + num(19) / TICKS);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            FDS.set(dir.count() as i64);
+        }
+    }
+
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     LazyLock::force(&REQUESTS);
@@ -321,7 +403,31 @@ pub fn render() -> String {
     LazyLock::force(&RATELIMIT_EVICTIONS);
     LazyLock::force(&IP_LIST_RELOADS);
     LazyLock::force(&TLS_RELOADS);
+    process::refresh();
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_metrics_are_exposed() {
+        let text = super::render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing"));
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            if name != "process_cpu_seconds_total" {
+                assert!(value > 0.0, "{line}");
+            }
+        }
+    }
 }
