@@ -49,6 +49,10 @@ enum Command {
         /// Policy directory (overrides policies.dir).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// Take over the listening sockets of a running instance (pingora graceful upgrade):
+        /// start this, then send SIGQUIT to the old process. Needs an external backend.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Configuration tools.
     Config {
@@ -144,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth_addr,
             admin_addr,
             policies,
+            upgrade,
         } => {
             let config = Config::load(&common.config)?;
             init_logging(&config.log_level);
@@ -155,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     auth_addr,
                     admin_addr,
                     policies_dir: policies,
+                    upgrade,
                 },
             )
         }

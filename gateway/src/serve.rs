@@ -28,6 +28,8 @@ pub struct Overrides {
     pub auth_addr: Option<std::net::SocketAddr>,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub policies_dir: Option<PathBuf>,
+    /// Take over a running instance's listeners (pingora graceful upgrade).
+    pub upgrade: bool,
 }
 
 /// Make the data dir (0700) if needed.
@@ -252,13 +254,21 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     if let Some(p) = overrides.policies_dir {
         config.policies_dir = p;
     }
+    if overrides.upgrade && matches!(config.backend, BackendTarget::Embedded { .. }) {
+        anyhow::bail!(
+            "--upgrade needs [backend] mode = \"external\": the embedded backend's store is held by \
+             the running process (restart instead)"
+        );
+    }
     // pingora binds with SO_REUSEPORT, which would let a second instance share a port
-    // silently: a plain bind first fails loudly when the address is taken.
-    for (name, addr) in [
+    // silently: a plain bind first fails loudly when the address is taken. An upgrade takes
+    // the running instance's sockets instead.
+    let listeners = [
         ("api", config.listeners.api),
         ("auth", config.listeners.auth),
         ("admin", config.listeners.admin),
-    ] {
+    ];
+    for (name, addr) in listeners.into_iter().filter(|_| !overrides.upgrade) {
         std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({name} listener): {e}"))?;
     }
@@ -341,7 +351,11 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     .iter()
     .any(|t| t.is_some());
     crate::respond::TLS_ENABLED.store(any_tls, std::sync::atomic::Ordering::Relaxed);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: overrides.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
 

@@ -4,6 +4,7 @@
 //! `cargo build -p gateway && cargo test -p e2e-tests` (or point `CEDARGATE_BIN` at a binary).
 
 pub mod claims;
+pub mod echo;
 pub mod gateway;
 pub mod http;
 pub mod jwt;

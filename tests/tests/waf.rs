@@ -4,16 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use e2e_tests::claims::human;
+use e2e_tests::echo::{echo_backend, external_backend_config_text, hex};
 use e2e_tests::gateway::{Gateway, unlimited_config_text, write_config};
 use e2e_tests::http::{Answer, answer_of, bearer, client, send};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -200,67 +198,10 @@ async fn size_limits_answer_413_414_and_431() {
     }
 }
 
-/// What the echo backend saw: one entry per request whose body arrived complete.
-#[derive(Default)]
-struct Seen {
-    complete: AtomicUsize,
-}
-
-/// A stand-in backend on loopback answering `{"len", "sha256"}` of the body it received.
-async fn echo_backend() -> (SocketAddr, Arc<Seen>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let seen2 = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen2.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        let reply = match body {
-                            Ok(b) => {
-                                seen.complete.fetch_add(1, Ordering::SeqCst);
-                                json!({"len": b.len(), "sha256": hex(&Sha256::digest(&b))})
-                            }
-                            Err(_) => json!({"error": "incomplete body"}),
-                        };
-                        let bytes = Bytes::from(reply.to_string());
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(bytes))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The default config pointed at an external backend, with `extra` appended to `[waf]`.
+/// The default config pointed at an external backend, with `waf_extra` added to `[waf]`.
 fn external_backend_config(dir: &Path, backend: SocketAddr, waf_extra: &str) -> std::path::PathBuf {
-    let text = unlimited_config_text()
-        .replace(
-            "mode = \"embedded\"",
-            &format!("mode = \"external\"\naddress = \"{backend}\""),
-        )
-        .replace("socket = \"backend.sock\"", "")
-        .replace("[waf]\n", &format!("[waf]\n{waf_extra}\n"));
+    let text =
+        external_backend_config_text(backend).replace("[waf]\n", &format!("[waf]\n{waf_extra}\n"));
     write_config(dir, "cedargate.toml", &text)
 }
 
