@@ -30,6 +30,7 @@ fn json(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
         .header("content-type", "application/json")
         .header("content-length", body.len())
         .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
         .body(body)
         .unwrap_or_default()
 }
@@ -155,6 +156,7 @@ impl ServeHttp for Admin {
                 Response::builder()
                     .status(200)
                     .header("content-type", "text/plain; version=0.0.4")
+                    .header("x-content-type-options", "nosniff")
                     .header("content-length", text.len())
                     .body(text.into_bytes())
                     .unwrap_or_default()
