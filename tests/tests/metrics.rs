@@ -47,7 +47,7 @@ async fn request_decision_stage_and_cache_metrics_move() {
     );
     let denied = "cedargate_requests_total{decision=\"deny\",method=\"GET\",route=\"get /dashboard/v1/workspaces/{workspaceId}/users\",status=\"403\"}";
     assert_eq!(value(&after, denied) - value(&before, denied), 1.0);
-    for stage in ["authn", "authz", "upstream"] {
+    for stage in ["waf", "ratelimit", "authn", "authz", "upstream"] {
         let series = format!("cedargate_stage_duration_seconds_count{{stage=\"{stage}\"}}");
         assert!(
             value(&after, &series) > value(&before, &series),
@@ -60,4 +60,70 @@ async fn request_decision_stage_and_cache_metrics_move() {
     assert!(value(&after, decision_hits) - value(&before, decision_hits) >= 2.0);
     // Raw paths and ids never become label values.
     assert!(!after.contains("ws-demo"), "raw path in a label");
+    // Process metrics, conventional names.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(&after, name) > 0.0, "{name} missing or zero");
+    }
+}
+
+/// One JSON access line per request: request id, route template, status, decision, timings;
+/// no token, and email principals masked.
+#[tokio::test]
+async fn access_lines_carry_the_request_and_mask_secrets() {
+    let gw = Gateway::start();
+    let c = client();
+    let claims = e2e_tests::claims::with(
+        &human("Member", "app"),
+        "identityId",
+        serde_json::json!("jane.doe@example.com"),
+    );
+    let token = gw.mint(&claims, None);
+    let rid = "access-line-test-1";
+    send(
+        &c,
+        "GET",
+        &gw.api_url("/app/v1/workspaces/ws-demo/missions"),
+        &[bearer(&token), ("x-request-id".into(), rid.into())],
+        None,
+    )
+    .await
+    .assert_status(200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let logs = gw.logs();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains(rid) && l.contains("\"access\""))
+        {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line for {rid}:\n{logs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("the access line is JSON");
+    assert_eq!(v["target"], "access", "{line}");
+    let f = &v["fields"];
+    assert_eq!(f["request_id"], rid, "{line}");
+    assert_eq!(
+        f["route"], "get /app/v1/workspaces/{workspaceId}/missions",
+        "{line}"
+    );
+    assert_eq!(f["status"], 200, "{line}");
+    assert_eq!(f["decision"], "allow", "{line}");
+    for timing in ["waf_us", "authn_us", "authz_us", "upstream_us", "total_us"] {
+        assert!(f[timing].is_u64(), "{timing} in {line}");
+    }
+    assert_eq!(f["principal"], "j***@example.com", "{line}");
+    assert!(!line.contains(&token), "the token leaked into {line}");
+    assert!(
+        !gw.logs().contains(&token),
+        "the token leaked into the logs"
+    );
 }
