@@ -152,7 +152,8 @@ impl Gateway {
                 .get(http::header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() != b"0");
         let mut body = BytesMut::new();
-        if let Some(len) = waf::read_ahead_length(req) {
+        let read_ahead = waf::read_ahead_length(req).filter(|_| self.waf.settings().enabled);
+        if let Some(len) = read_ahead {
             // Small enough for pingora's retry buffer, which replays it to the backend.
             session.enable_retry_buffering();
             let read = async {
