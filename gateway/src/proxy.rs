@@ -73,6 +73,8 @@ pub struct RequestCtx {
     pub body_gate: Option<BodyGate>,
     /// The rate-limit rule with the least room left, for the `RateLimit` headers.
     pub rate_limit: Option<Applied>,
+    /// A public route (the API description): forwarded without authentication.
+    pub public: bool,
     pub waf: Duration,
     pub ratelimit: Duration,
     /// The Cedar resource, e.g. `Mission::"m1"`.
@@ -101,6 +103,7 @@ impl RequestCtx {
             client_ip: None,
             body_gate: None,
             rate_limit: None,
+            public: false,
             waf: Duration::ZERO,
             ratelimit: Duration::ZERO,
             resource: None,
@@ -209,6 +212,11 @@ impl Gateway {
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         self.screen(session, ctx).await?;
         let req = session.req_header();
+        if is_public(req) {
+            // The API description: public, forwarded without an identity.
+            ctx.public = true;
+            return Ok(());
+        }
         let segments = split_path(req.uri.path())?;
         let query: Vec<(String, String)> = req
             .uri
@@ -327,6 +335,13 @@ impl Gateway {
     }
 }
 
+/// The only routes answered without a token: `GET`/`HEAD /openapi.json` (no query).
+fn is_public(req: &RequestHeader) -> bool {
+    (req.method == http::Method::GET || req.method == http::Method::HEAD)
+        && req.uri.path() == "/openapi.json"
+        && req.uri.query().is_none()
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -443,6 +458,11 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::strip_identity_headers(upstream);
+        if ctx.public {
+            upstream.insert_header(request_id::HEADER, &ctx.request_id)?;
+            ctx.upstream_started = Some(Instant::now());
+            return Ok(());
+        }
         let identity = ctx.identity.as_ref().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "forwarding without an identity")
         })?;
