@@ -1,5 +1,7 @@
 //! A stand-in backend for tests that need to see what the gateway forwards: it answers every
-//! request with `{"method","path","len","sha256"}` of what it received.
+//! request with `{"method","path","len","sha256","assertion"}` of what it received (the
+//! assertion's claims, decoded without verification), and serves a small user directory at
+//! `/internal/v1/workspaces/{ws}/users/{id}` for the delegation stage.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,45 @@ use sha2::{Digest, Sha256};
 pub struct Seen {
     /// Requests whose body arrived complete.
     pub complete: AtomicUsize,
+    /// Directory lookups answered.
+    pub lookups: AtomicUsize,
+}
+
+/// The users the directory knows: (workspace, user id).
+pub const DIRECTORY: [(&str, &str); 3] = [
+    ("ws-demo", "u-alice"),
+    ("ws-demo", "u-bob"),
+    ("ws-other", "u-carol"),
+];
+
+fn directory_answer(path: &str) -> Option<(u16, serde_json::Value)> {
+    let rest = path.strip_prefix("/internal/v1/workspaces/")?;
+    let (ws, user) = rest.split_once("/users/")?;
+    Some(
+        match DIRECTORY.iter().find(|(w, u)| *w == ws && *u == user) {
+            Some(_) => (
+                200,
+                json!({"userId": user, "principalId": format!("p-{user}"), "workspaceId": ws,
+                   "lang": "fr", "timezone": "Europe/Paris", "status": "active"}),
+            ),
+            None => (404, json!({"code": "resource/not_found"})),
+        },
+    )
+}
+
+fn assertion_claims(req: &hyper::Request<hyper::body::Incoming>) -> serde_json::Value {
+    use base64::Engine as _;
+    req.headers()
+        .get("x-cedargate-assertion")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|jwt| jwt.split('.').nth(1))
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Lower-case hex of `bytes`.
@@ -43,16 +84,27 @@ pub async fn echo_backend() -> (SocketAddr, Arc<Seen>) {
                     async move {
                         let method = req.method().to_string();
                         let path = req.uri().path().to_string();
+                        let assertion = assertion_claims(&req);
                         let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        let reply = match body {
-                            Ok(b) => {
-                                seen.complete.fetch_add(1, Ordering::SeqCst);
-                                json!({"method": method, "path": path, "len": b.len(), "sha256": hex(&Sha256::digest(&b))})
+                        let (status, reply) = if let Some(answer) = directory_answer(&path) {
+                            seen.lookups.fetch_add(1, Ordering::SeqCst);
+                            answer
+                        } else {
+                            match body {
+                                Ok(b) => {
+                                    seen.complete.fetch_add(1, Ordering::SeqCst);
+                                    (
+                                        200,
+                                        json!({"method": method, "path": path, "len": b.len(),
+                                               "sha256": hex(&Sha256::digest(&b)), "assertion": assertion}),
+                                    )
+                                }
+                                Err(_) => (400, json!({"error": "incomplete body"})),
                             }
-                            Err(_) => json!({"error": "incomplete body"}),
                         };
                         Ok::<_, std::convert::Infallible>(
                             hyper::Response::builder()
+                                .status(status)
                                 .header("content-type", "application/json")
                                 .body(Full::new(Bytes::from(reply.to_string())))
                                 .expect("response"),

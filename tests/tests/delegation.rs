@@ -1,0 +1,102 @@
+//! Stage 5 through the running gateway, against a stand-in backend whose directory knows
+//! `u-alice` and `u-bob` in ws-demo and `u-carol` in ws-other: an M2M client with a write
+//! scope acts for a user of its workspace; everything else is 403 `auth/invalid_delegation`.
+
+use std::sync::atomic::Ordering;
+
+use e2e_tests::claims::{human, m2m};
+use e2e_tests::echo::{echo_backend, external_backend_config_text};
+use e2e_tests::gateway::{Gateway, write_config};
+use e2e_tests::http::{bearer, client, send};
+
+const MISSIONS: &str = "/app/v1/workspaces/ws-demo/missions";
+
+fn acting_for(user: &str) -> (String, String) {
+    ("x-user-id".to_owned(), user.to_owned())
+}
+
+#[tokio::test]
+async fn m2m_clients_act_for_users_of_their_workspace_only() {
+    let (backend, seen) = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = external_backend_config_text(backend)
+        + "\n[rate_limit.user]\nlimit = 3\nwindow_seconds = 60\n";
+    let gw = Gateway::start_with(&write_config(dir.path(), "cedargate.toml", &text), &[]);
+    let c = client();
+    let url = gw.api_url(MISSIONS);
+    let writer = gw.mint(&m2m("app/read app/write"), None);
+
+    // Allowed: the backend's assertion names the user, done by the client.
+    let a = send(
+        &c,
+        "GET",
+        &url,
+        &[bearer(&writer), acting_for("u-alice")],
+        None,
+    )
+    .await;
+    a.assert_status(200);
+    let claims = &a.json().unwrap()["assertion"];
+    assert_eq!(claims["userId"], "u-alice", "{a}");
+    assert_eq!(claims["impersonatedBy"], "svc-e2e", "{a}");
+    assert_eq!(claims["sub"], "svc-e2e", "{a}");
+    // The directory answer is cached: a second request makes no second lookup.
+    let lookups = seen.lookups.load(Ordering::SeqCst);
+    send(
+        &c,
+        "GET",
+        &url,
+        &[bearer(&writer), acting_for("u-alice")],
+        None,
+    )
+    .await
+    .assert_status(200);
+    assert_eq!(seen.lookups.load(Ordering::SeqCst), lookups);
+
+    // Refused before the backend sees the request.
+    let forwarded_before = seen.complete.load(Ordering::SeqCst);
+    let reader = gw.mint(&m2m("app/read"), None);
+    let member = gw.mint(&human("Member", "app"), None);
+    for (who, token, user) in [
+        ("an unknown user", &writer, "u-nobody"),
+        ("a user of another workspace", &writer, "u-carol"),
+        ("an id that is not an id", &writer, "../../admin"),
+        ("a client without a write scope", &reader, "u-alice"),
+        ("a human token", &member, "u-alice"),
+    ] {
+        let a = send(&c, "GET", &url, &[bearer(token), acting_for(user)], None).await;
+        assert_eq!(a.status, 403, "{who}: {a}");
+        a.assert_error(403, "auth/invalid_delegation");
+    }
+    assert_eq!(seen.complete.load(Ordering::SeqCst), forwarded_before);
+
+    // Rate limits apply per impersonated user: u-alice has used 2 of 3.
+    send(
+        &c,
+        "GET",
+        &url,
+        &[bearer(&writer), acting_for("u-alice")],
+        None,
+    )
+    .await
+    .assert_status(200);
+    let a = send(
+        &c,
+        "GET",
+        &url,
+        &[bearer(&writer), acting_for("u-alice")],
+        None,
+    )
+    .await;
+    a.assert_error(429, "rate_limit/exceeded");
+    assert_eq!(a.json().unwrap()["rule"], "user");
+    send(
+        &c,
+        "GET",
+        &url,
+        &[bearer(&writer), acting_for("u-bob")],
+        None,
+    )
+    .await
+    .assert_status(200);
+}
