@@ -520,8 +520,10 @@ impl ProxyHttp for Gateway {
         let err = match e.etype() {
             // The body stage rejected the request (the upstream never got the whole body).
             _ if ctx.rejected.is_some() => ctx.rejected.take().unwrap_or(GatewayError::Internal),
+            // A malformed request the HTTP layer refused: our envelope where we have a code.
+            ErrorType::HTTPStatus(400) => GatewayError::InvalidRequest("the request is malformed"),
+            ErrorType::HTTPStatus(413) => GatewayError::PayloadTooLarge,
             ErrorType::HTTPStatus(code) if *code < 500 => {
-                // A malformed request the HTTP layer refused.
                 let _ = session.respond_error(*code).await;
                 return FailToProxy {
                     error_code: *code,
