@@ -291,8 +291,8 @@ impl Waf {
             return Ok(());
         }
         let mut headers: smallvec_like::Headers<'_> = smallvec_like::Headers::new();
-        for name in &self.settings.inspected_headers {
-            for v in req.headers.get_all(name.as_str()) {
+        for (name, v) in req.headers.iter() {
+            if detect::inspects(&self.settings.inspected_headers, name.as_str()) {
                 headers.push((name.as_str(), v.as_bytes()));
             }
         }

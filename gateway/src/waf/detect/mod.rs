@@ -105,23 +105,21 @@ pub struct Hit {
     pub name: String,
 }
 
-/// Headers worth inspecting by default: where attacks arrive in practice (CRS inspects these
-/// too). Never `authorization`: the token is verified, not pattern-matched.
-pub const DEFAULT_INSPECTED_HEADERS: &[&str] = &[
-    "user-agent",
-    "referer",
-    "cookie",
-    "origin",
-    "x-forwarded-host",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-user-id",
-    "x-request-id",
-    "content-type",
-    "accept",
-    "accept-language",
-    "forwarded",
-];
+/// Headers inspected by default: `*`, every header but the credentials in
+/// [`NEVER_INSPECTED`] (CRS inspects every header too; attacks arrive in `User-Agent`,
+/// `Referer`, cookies and custom headers alike).
+pub const DEFAULT_INSPECTED_HEADERS: &[&str] = &["*"];
+
+/// Never pattern-matched: the bearer token is verified, not scanned, and never logged.
+pub const NEVER_INSPECTED: &[&str] = &["authorization", "proxy-authorization"];
+
+/// Whether `name` (lower-case) is inspected under the configured list.
+pub fn inspects(configured: &[impl AsRef<str>], name: &str) -> bool {
+    !NEVER_INSPECTED.contains(&name)
+        && configured
+            .iter()
+            .any(|c| c.as_ref() == "*" || c.as_ref() == name)
+}
 
 /// JSON nesting inspected at most (deeper structure is scanned as text).
 const MAX_DEPTH: usize = 64;
@@ -145,7 +143,18 @@ impl Scan<'_> {
         }
         let value = normalize(raw, plus);
         let mut found = std::mem::take(&mut self.found);
-        rules::check(&value, part == Part::Header, &mut found);
+        // Line breaks have no business in these (query values may carry text areas).
+        let line_field = matches!(
+            part,
+            Part::Path | Part::QueryName | Part::Cookie | Part::Header
+        );
+        rules::check_in(&value, part == Part::Header, line_field, &mut found);
+        if part == Part::Path
+            && !found.contains(&Rule::PathTraversal)
+            && rules::restricted_file(&value)
+        {
+            found.push(Rule::PathTraversal);
+        }
         for rule in found.iter().copied() {
             if (self.skip)(rule, part, name) {
                 continue;

@@ -36,7 +36,14 @@ static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\b(extractvalue|updatexml|convert|cast)\s*\(.{0,80}(select|version|user|database)\b",
         r#"\border\s+by\s+\d+\s*(--|#|/\*)"#,
         r"\bhaving\s+\d+\s*=\s*\d+",
-        r#"['"]\s*(;|\|\||\+)?\s*(select|insert|update|delete|drop)\b"#,
+        r#"['"]\s*(;|\|\||\+)\s*(select|insert|update|delete|drop)\b"#,
+        r"\b(substr|substring|extractvalue|updatexml|group_concat|concat_ws|load_file|unhex|char|chr|ascii|ord|mid|name_const|make_set|elt|json_extract|unistr|utl_inaddr\.\w+|sys_context|current_setting|version|database|schema|current_user|session_user|system_user|user_name|db_name|is_srvrolemember|sleep|benchmark|pg_sleep)\s*\(",
+        r"\bcreate\s+(table|database|user|function|procedure|view|index|trigger)\b|\b(drop|truncate|alter)\s+(table|database|user|view)\b",
+        r"\bwaitfor\s+(delay|time)\b",
+        r"::\s*(bool|boolean|int|integer|text|json|jsonb|varchar|regclass)\b",
+        r#"['"]\s*(<@|@>|\?\||\?&|#>>?)\s*['"]"#,
+        r#"['"`]\s*(--|#|/\*)"#,
+        r"\b(insert\s+into|delete\s+from|update\s+\w+\s+set)\b",
     ])
     .expect("valid SQL rules")
 });
@@ -47,7 +54,8 @@ static COPY_PROGRAM: LazyLock<Regex> =
 static XSS: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
         r"<\s*/?\s*(script|iframe|frame|object|embed|applet|svg|math|meta|base|link|style|form|isindex|xss|marquee|body|img|image|video|audio|source|input|details|template|textarea|select|button)\b",
-        r#"[\s"'/;`]on[a-z]{3,20}\s*="#,
+        r#"[\s"'/;`]on[a-z]{3,20}\s*=\s*[^\s=]"#,
+        r"<[a-z]+:[a-z]+|<\?(php|=)|<%",
         r"\bon(error|load|mouseover|mouseenter|focus|blur|click|toggle|pointer\w+|animation\w+|begin|start)\s*=",
         r"\b(document\.(cookie|domain|location|write)|window\.location|\.innerhtml\s*=|eval\s*\(|fromcharcode|settimeout\s*\(|setinterval\s*\()",
         r"\bexpression\s*\(|-moz-binding|\bstyle\s*=.{0,50}url\s*\(",
@@ -66,23 +74,23 @@ static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
         r"(^|[/\\])\.\.+[/\\]",
         r"[/\\]\.\.+([/\\]|$)",
-        r"(^|[/\\:])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.-]+",
+        r"(^|[/\\:])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+",
         r"/etc/(passwd|shadow|hosts|group|issue|sudoers|crontab|motd|fstab)\b",
         r"/proc/(self|\d+)/(environ|cmdline|fd|maps|status|mem)",
-        r"\b(c|d):\\\\?(windows|winnt|boot\.ini|inetpub|users)",
+        r"\b(c|d):\\\\?(boot\.ini|inetpub|windows\\\\(win\.ini|system\.ini|repair))",
         r"\b(boot|win|system)\.ini\b|\bweb\.config\b|\.htaccess\b|\.htpasswd\b|(^|/)\.env\b|\.git/(config|head)\b|id_rsa\b",
         r"^(file|php|phar|zip|expect|glob|jar|netdoc|gopher|dict)://",
     ])
     .expect("valid traversal rules")
 });
 
-const COMMANDS: &str = r"(cat|tac|more|less|head|tail|ls|dir|id|whoami|uname|hostname|ifconfig|ipconfig|netstat|ps|wget|curl|fetch|nc|ncat|netcat|telnet|ssh|bash|sh|zsh|ksh|csh|dash|python\d?|perl|ruby|php|node|lua|ping|nslookup|dig|rm|chmod|chown|mkfifo|mknod|echo|printf|env|set|powershell|pwsh|cmd|certutil|bitsadmin|reg|net|sleep|kill|crontab|base64|xxd|find|grep|awk|sed|touch|cp|mv|tftp|ftp|sudo|su|nohup|timeout|eval|exec|systeminfo|tasklist|type|copy|del|start|wmic|cscript|wscript|rundll32|regsvr32|mshta|getent|which|whereis|locate|uptime|w|who|last|passwd|useradd)";
+const COMMANDS: &str = r"(cat|tac|head|tail|ls|dir|id|whoami|uname|hostname|ifconfig|ipconfig|netstat|ps|wget|curl|nc|ncat|netcat|telnet|ssh|scp|rsync|bash|sh|zsh|ksh|csh|dash|python\d?|perl|ruby|php|node|lua|ping|nslookup|dig|rm|chmod|chown|chattr|mkfifo|mknod|echo|printf|env|powershell|pwsh|cmd|certutil|bitsadmin|reg|kill|pkill|killall|crontab|base64|xxd|grep|awk|sed|touch|cp|mv|tftp|ftp|sudo|su|visudo|vi|vim|nano|nohup|eval|exec|systeminfo|tasklist|wmic|cscript|wscript|rundll32|regsvr32|mshta|getent|whereis|locate|uptime|passwd|useradd|usermod|openssl|socat|nmap|tcpdump|strace|dd|mount|iptables|systemctl|shutdown|reboot|halt|gcc|chsh|lsof|sudoedit|xterm|busybox)";
 
 static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
-        format!(r"(^|[;&|`\n\r(]|\$\(|\|\||&&)\s*{COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
+        format!(r"(^|[;&|\n\r(]|\$\(|\|\||&&)\s*{COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
         format!(r"\$\(\s*{COMMANDS}\b"),
-        format!(r"`\s*{COMMANDS}\b[^`]*`"),
+        format!(r"(^|[^`])`\s*{COMMANDS}\b[^`\n]*`([^`]|$)"),
         r"\$\{ifs\}|\$ifs\b|\{[a-z]+,[^}]*\}".to_string(),
         r"/(usr/)?(s?bin)/\w+".to_string(),
         r"\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;".to_string(),
@@ -91,6 +99,13 @@ static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\bcmd(\.exe)?\s+/[ck]\b|\bpowershell(\.exe)?\s+(-|/)\w+".to_string(),
         r"\b(wget|curl)\s+(-\w+\s+)*https?://".to_string(),
         r"[;&|]\s*\w+\s*=\s*\$\(".to_string(),
+        r"\bfor\s+(/[a-z]\s+)*%+~?\w+\s+in\s*\(|\bif\s+(/i\s+)?(not\s+)?(exist|defined|errorlevel)\b|\bif\s+(/i\s+)?(not\s+)?\S+\s*==\s*\S+".to_string(),
+        r"\$\{[a-z_]\w*([#%:/^,~@][^}]*)?\}|^~[+-]$|[\s;|&]~[+-]($|\s)".to_string(),
+        r#"[;&|`]\s*[a-z][\w.-]{1,30}\s+(-{1,2}[a-z][\w-]*|/[\w./*?\[\]-]+|['"]|https?://)"#.to_string(),
+        r#"['"]\s*[;&|]\s*[a-z][\w.-]+\s*['"]"#.to_string(),
+        r"\balias\s+(-p\s+)?[\w.-]+\s*=|\bif\s+(/i\s+)?(not\s+)?%\w+%|\bfor\s+(/[a-z]\s+)*(\x22[^\x22]*\x22\s+)?%+\S+\s+in\s*\(".to_string(),
+        r"\{[a-z]*,[\w,./-]*\}".to_string(),
+        r"\)\s*\(\s*[|&!]\s*\(|\*\s*\)\s*\(|\)\s*\(\s*\w+\s*=\s*\*".to_string(),
     ])
     .expect("valid command rules")
 });
@@ -111,6 +126,16 @@ static TEMPLATE: LazyLock<RegexSet> = LazyLock::new(|| {
 static PROTOCOL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[\r\n]\s*[\w-]{2,40}\s*:|[\r\n]\s*(get|post|put|delete|head|options)\s+/|\bhttp/1\.[01]\s*[\r\n]").expect("valid rule")
 });
+
+static RESTRICTED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\.[a-z0-9_-]|\.(sql|bak|old|orig|log|env|ini|conf|config|cfg|sh|pem|key|swp|db|sqlite3?|mdb|dump|passwd|htaccess|htpasswd)(\.(zip|gz|tgz|tar|7z|rar|bz2))?$|\.(zip|tar\.gz|tgz|7z|rar)$|~$").expect("valid rule")
+});
+
+/// A path segment naming a file an API never serves: dotfiles and dot-directories, backups,
+/// logs, dumps, keys, archives.
+pub fn restricted_file(segment: &[u8]) -> bool {
+    RESTRICTED.is_match(&fold(segment))
+}
 
 /// Lower-cased with runs of whitespace (and SQL comments between words) collapsed, so
 /// `UNION/**/SELECT` and `union   select` look alike.
@@ -155,7 +180,14 @@ fn fold(v: &[u8]) -> Vec<u8> {
 }
 
 /// Which rules a value breaks, in order of precedence, each at most once.
+#[cfg(test)]
 pub fn check(value: &[u8], header_like: bool, out: &mut Vec<Rule>) {
+    check_in(value, header_like, false, out)
+}
+
+/// [`check`], where `line_field` says the value may not hold line breaks at all (query,
+/// cookie, path): a CR or LF there is a header or response-splitting attempt.
+pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec<Rule>) {
     out.clear();
     if value.len() < 2 || is_plain(value) {
         // Plain words can still spell a SQL statement: only these rules can match them.
@@ -168,13 +200,19 @@ pub fn check(value: &[u8], header_like: bool, out: &mut Vec<Rule>) {
         return;
     }
     let f = fold(value);
-    if !header_like && PROTOCOL.is_match(&f) {
+    if (line_field && value.iter().any(|b| *b == b'\r' || *b == b'\n'))
+        || (!header_like && PROTOCOL.is_match(&f))
+    {
         out.push(Rule::ProtocolAttack);
     }
     if COPY_PROGRAM.is_match(&f) {
         out.push(Rule::SqlCopyProgram);
     }
-    if libinjectionrs::detect_sqli(value).is_injection() || SQL.is_match(&f) {
+    let sql_chars = value
+        .iter()
+        .any(|b| matches!(b, b'\'' | b'"' | b'`' | b';' | b'=' | b'#'))
+        || f.windows(2).any(|w| w == b"--" || w == b"/*");
+    if (sql_chars && libinjectionrs::detect_sqli(value).is_injection()) || SQL.is_match(&f) {
         out.push(Rule::Sqli);
     }
     if JS_URL.is_match(&f) {
