@@ -43,7 +43,7 @@ pub enum ApiError {
         details: Vec<FieldError>,
     },
     /// 413 `validation/payload_too_large`.
-    #[error("the request body exceeds 1 MiB")]
+    #[error("the request body exceeds 8 MiB")]
     PayloadTooLarge,
     /// 422 `business/*`: the request is well formed but breaks a business rule.
     #[error("{message}")]

@@ -46,6 +46,7 @@ pub fn target(path: &str) -> Result<Target, ApiError> {
     let area = match it.next().as_deref() {
         Some("app") => Area::App,
         Some("dashboard") => Area::Dashboard,
+        Some("internal") => Area::Internal,
         _ => return Err(no_route()),
     };
     if it.next().as_deref() != Some("v1") || it.next().as_deref() != Some("workspaces") {
@@ -61,7 +62,7 @@ pub fn target(path: &str) -> Result<Target, ApiError> {
 
 /// Run the handler for `cx`.
 pub async fn dispatch(s: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
-    use Area::{App, Dashboard as Dash};
+    use Area::{App, Dashboard as Dash, Internal};
     use Verb::{Delete, Get, Post, Put};
     let rest: Vec<&str> = cx.rest.iter().map(String::as_str).collect();
     match (cx.area, cx.verb, rest.as_slice()) {
@@ -115,6 +116,9 @@ pub async fn dispatch(s: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
         (Dash, Delete, ["users", id]) => users::remove(s, cx, id).await,
         (Dash, Put, ["users", id, "role"]) => users::set_role(s, cx, id).await,
         (Dash, Delete, []) => users::delete_workspace(s, cx).await,
+
+        // Internal: the user directory the gateway's delegation stage asks.
+        (Internal, Get, ["users", id]) => users::directory(s, cx, id).await,
 
         _ => Err(no_route()),
     }

@@ -151,7 +151,7 @@ pub fn demo() -> Vec<Document> {
             USERS,
             id,
             json!({"name": name, "email": format!("{id}@demo.example.com"), "role": role,
-                   "department": department}),
+                   "department": department, "lang": "en", "timezone": "Europe/London"}),
         );
     }
 

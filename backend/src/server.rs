@@ -24,8 +24,9 @@ use crate::handlers::{Ctx, Query, Reply, Verb};
 use crate::routes;
 use crate::store::Store;
 
-/// The largest request body accepted (1 MiB); larger is 413 `validation/payload_too_large`.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The largest request body accepted (8 MiB: above the gateway's 6 MB limit, so the gateway
+/// decides); larger is 413 `validation/payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 const REQUEST_ID_HEADER: &str = "x-request-id";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 

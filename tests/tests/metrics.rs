@@ -97,7 +97,7 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
         let logs = gw.logs();
         if let Some(line) = logs
             .lines()
-            .find(|l| l.contains(rid) && l.contains("\"access\""))
+            .find(|l| l.contains(rid) && l.contains("\"target\":\"access\""))
         {
             break line.to_string();
         }

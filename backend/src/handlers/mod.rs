@@ -20,6 +20,9 @@ pub enum Area {
     App,
     /// `/dashboard/v1`: managers.
     Dashboard,
+    /// `/internal/v1`: the gateway's own lookups (the user directory for delegation); the
+    /// gateway never forwards client requests here.
+    Internal,
 }
 
 /// The request method, reduced to what the routes use.
@@ -64,7 +67,7 @@ pub struct Ctx {
     pub query: Query,
     /// The verified identity.
     pub caller: Assertion,
-    /// The request body (at most 1 MiB).
+    /// The request body (at most `MAX_BODY_BYTES`).
     pub body: Bytes,
 }
 

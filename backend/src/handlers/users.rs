@@ -23,6 +23,29 @@ pub async fn get(store: &dyn Store, cx: &Ctx, id: &str) -> Result<Reply, ApiErro
     Reply::ok(user)
 }
 
+/// `GET /internal/v1/workspaces/{ws}/users/{userId}`: who a delegated request acts for
+/// (`userId`, `principalId`, `workspaceId`, `lang`, `timezone`, `status`); 404 when the user
+/// is not in the workspace.
+pub async fn directory(store: &dyn Store, cx: &Ctx, id: &str) -> Result<Reply, ApiError> {
+    let user = fetch(store, cx, store::USERS, id).await?;
+    let text = |k: &str, default: &str| {
+        Value::from(
+            user.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string(),
+        )
+    };
+    Reply::ok(json!({
+        "userId": id,
+        "principalId": text("principalId", id),
+        "workspaceId": cx.ws,
+        "lang": text("lang", "en"),
+        "timezone": text("timezone", "UTC"),
+        "status": text("status", "active"),
+    }))
+}
+
 /// `POST users`: 409 `resource/already_exists` when the e-mail is taken (case-insensitive).
 /// The check and the insert are two steps: two concurrent creates may both pass.
 pub async fn create(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
