@@ -100,6 +100,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50_000)]
         iterations: usize,
     },
+    /// WAF detection time per request: typical GET, 8 KB JSON body, an attack.
+    Waf {
+        /// Scans measured per request shape.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+    },
     /// Token endpoint latency and requests/s over HTTP (bench/token_cache.sh).
     Token(bench_token::TokenBench),
 }
@@ -217,6 +223,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Token(b),
         } => bench_token::run(b),
+        Command::Bench {
+            command: BenchCommand::Waf { iterations },
+        } => crate::bench_waf::waf(iterations.max(1)),
         Command::Policy { command } => policy_cli::run(command),
         Command::Keys { command } => auth_cli::keys(command),
         Command::Dynamodb { command } => auth_cli::dynamodb(command),

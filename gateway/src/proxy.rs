@@ -73,7 +73,7 @@ pub struct RequestCtx {
     pub body_gate: Option<BodyGate>,
     /// The rate-limit rule with the least room left, for the `RateLimit` headers.
     pub rate_limit: Option<Applied>,
-    /// A public route (the API description): forwarded without authentication.
+    /// A public route (the API description): answered without authentication.
     pub public: bool,
     pub waf: Duration,
     pub ratelimit: Duration,
@@ -213,7 +213,7 @@ impl Gateway {
         self.screen(session, ctx).await?;
         let req = session.req_header();
         if is_public(req) {
-            // The API description: public, forwarded without an identity.
+            // The API description: public, answered by the gateway from its route table.
             ctx.public = true;
             return Ok(());
         }
@@ -375,6 +375,24 @@ impl ProxyHttp for Gateway {
             }
         }
         match self.admit(session, ctx).await {
+            Ok(()) if ctx.public => {
+                let bundle = self.authorizer.current();
+                let body = bytes::Bytes::from(
+                    serde_json::to_vec(&crate::openapi::document(&bundle.routes))
+                        .unwrap_or_default(),
+                );
+                let mut resp = respond::json_response(200, body.len(), &ctx.request_id)?;
+                resp.insert_header("cache-control", "public, max-age=60")?;
+                self.cors.decorate(ctx.origin.as_deref(), &mut resp)?;
+                let head_only = session.req_header().method == http::Method::HEAD;
+                session
+                    .write_response_header(Box::new(resp), head_only)
+                    .await?;
+                if !head_only {
+                    session.write_response_body(Some(body), true).await?;
+                }
+                Ok(true)
+            }
             Ok(()) => Ok(false),
             Err(err) => {
                 let (cors, origin) = (&self.cors, ctx.origin.as_deref());
@@ -458,11 +476,6 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::strip_identity_headers(upstream);
-        if ctx.public {
-            upstream.insert_header(request_id::HEADER, &ctx.request_id)?;
-            ctx.upstream_started = Some(Instant::now());
-            return Ok(());
-        }
         let identity = ctx.identity.as_ref().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "forwarding without an identity")
         })?;
