@@ -200,12 +200,15 @@ pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec
         return;
     }
     let f = fold(value);
-    if (line_field && value.iter().any(|b| *b == b'\r' || *b == b'\n'))
-        || (!header_like && PROTOCOL.is_match(&f))
+    let has = |c: u8| f.contains(&c);
+    let has_text = |t: &[u8]| f.windows(t.len()).any(|w| w == t);
+    let crlf = has(b'\r') || has(b'\n');
+    if (line_field && crlf)
+        || (!header_like && (crlf || has_text(b"http/")) && PROTOCOL.is_match(&f))
     {
         out.push(Rule::ProtocolAttack);
     }
-    if COPY_PROGRAM.is_match(&f) {
+    if has_text(b"program") && COPY_PROGRAM.is_match(&f) {
         out.push(Rule::SqlCopyProgram);
     }
     let sql_chars = value
@@ -215,7 +218,7 @@ pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec
     if (sql_chars && libinjectionrs::detect_sqli(value).is_injection()) || SQL.is_match(&f) {
         out.push(Rule::Sqli);
     }
-    if JS_URL.is_match(&f) {
+    if has(b':') && JS_URL.is_match(&f) {
         out.push(Rule::JavascriptUrl);
     }
     if (f.contains(&b'<') || f.contains(&b'=') || f.contains(&b'(') || f.contains(&b'`'))
@@ -224,13 +227,13 @@ pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec
     {
         out.push(Rule::Xss);
     }
-    if TRAVERSAL.is_match(&f) {
+    if (has(b'/') || has(b'\\') || has(b':')) && TRAVERSAL.is_match(&f) {
         out.push(Rule::PathTraversal);
     }
     if COMMAND.is_match(&f) {
         out.push(Rule::CommandInjection);
     }
-    if TEMPLATE.is_match(&f) {
+    if (has(b'{') || has(b'%') || has(b'$')) && TEMPLATE.is_match(&f) {
         out.push(Rule::TemplateInjection);
     }
 }
