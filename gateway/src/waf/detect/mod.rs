@@ -312,8 +312,10 @@ impl Detector {
         // Anything else (and JSON cut off at the limit) is text, scanned line by line so one
         // long body is not one huge value.
         let text: Cow<'_, [u8]> = Cow::Borrowed(body);
+        // Without a content type the body is form-like text: `+` is a space there.
+        let plus = ct.is_empty();
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if !scan.value(Part::Body, "", line, false) {
+            if !scan.value(Part::Body, "", line, plus) {
                 return;
             }
         }

@@ -44,6 +44,10 @@ static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
         r#"['"]\s*(<@|@>|\?\||\?&|#>>?)\s*['"]"#,
         r#"['"`]\s*(--|#|/\*)"#,
         r"\b(insert\s+into|delete\s+from|update\s+\w+\s+set)\b",
+        r"\b(rtrim|ltrim|decode|coalesce|nullif|isnull|ifnull|instr|locate|div|insert|lpad|rpad|soundex|strcmp|to_char|to_number|nvl|greatest|least|pg_\w+|sqlite_\w+|zeroblob|typeof|json_\w+|user|exp|floor|rand|hex|md5|sha1)\s*\(",
+        r"\bcase\s+when\b.{1,80}\bthen\b",
+        r"\bselect\b\s*[\w*@'\x22(]+\s*,\s*[\w@'\x22(]+",
+        r"^\$(ne|nor|not|gt|gte|lt|lte|in|nin|regex|where|exists|or|and|elemmatch|expr|function)$|\[\$(ne|nor|not|gt|gte|lt|lte|in|nin|regex|where|exists|or)\]",
     ])
     .expect("valid SQL rules")
 });
@@ -54,7 +58,9 @@ static COPY_PROGRAM: LazyLock<Regex> =
 static XSS: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
         r"<\s*/?\s*(script|iframe|frame|object|embed|applet|svg|math|meta|base|link|style|form|isindex|xss|marquee|body|img|image|video|audio|source|input|details|template|textarea|select|button)\b",
-        r#"[\s"'/;`]on[a-z]{3,20}\s*=\s*[^\s=]"#,
+        r#"[\s"'/;`]on[a-z]{3,50}\s*=\s*[^\s=]"#,
+        r#"(^|[\s"'`;])on[a-z]{3,50}\s*=\s*$"#,
+        r"\b(document|self|window|top|parent|frames|globalthis)\s*(\.\s*(cookie|body|domain|location|write|createelement)|\[\s*['\x22])|!!\[\]|\+\[\]|\[\]\[|<\s*:\s*\w+",
         r"<[a-z]+:[a-z]+|<\?(php|=)|<%",
         r"\bon(error|load|mouseover|mouseenter|focus|blur|click|toggle|pointer\w+|animation\w+|begin|start)\s*=",
         r"\b(document\.(cookie|domain|location|write)|window\.location|\.innerhtml\s*=|eval\s*\(|fromcharcode|settimeout\s*\(|setinterval\s*\()",
@@ -191,7 +197,7 @@ pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec
     out.clear();
     if value.len() < 2 || is_plain(value) {
         // Plain words can still spell a SQL statement: only these rules can match them.
-        if value.len() >= 12 {
+        if value.len() >= 6 {
             let f = fold(value);
             if SQL.is_match(&f) {
                 out.push(Rule::Sqli);
