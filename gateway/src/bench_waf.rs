@@ -4,12 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::bench::percentile;
 use crate::waf::detect::{DEFAULT_INSPECTED_HEADERS, Detector, RequestView, inspects};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
 
 fn body_8k() -> String {
     let mut items = Vec::new();
