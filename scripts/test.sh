@@ -34,7 +34,12 @@ moto_cmd=(moto_server)
 command -v moto_server >/dev/null 2>&1 || moto_cmd=(python3 -m moto.server)
 moto_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 moto_log="$(mktemp -t cedargate-moto.XXXXXX.log)"
-"${moto_cmd[@]}" -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+# Single-threaded, so each request is atomic as DynamoDB's are (threaded moto checks a
+# condition apart from its write and loses concurrent updates).
+python3 -c 'import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)' 127.0.0.1 "$moto_port" >"$moto_log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -22,7 +22,9 @@ pub use assertion::{
 };
 pub use error::{ApiError, BackendError};
 pub use server::{App, Listener, MAX_BODY_BYTES, serve};
-pub use store::{Document, EmbeddedStore, Page, Store, StoreError, WriteOp};
+pub use store::{
+    Document, DynamoDbStore, EmbeddedStore, Page, Store, StoreError, WriteOp, create_table,
+};
 
 /// The shortest assertion secret accepted (HS256 keys shorter than the hash are weak).
 pub const MIN_ASSERTION_KEY_BYTES: usize = 32;
@@ -36,6 +38,23 @@ pub struct BackendConfig {
     pub listen: Listen,
     /// The HS256 secret shared with the gateway (at least 32 bytes).
     pub assertion_key: Vec<u8>,
+    /// Where the documents live.
+    pub store: StoreChoice,
+}
+
+/// Which store the backend keeps its documents in.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// The embedded store in `data_dir/backend/`, seeded when it is created.
+    Embedded,
+    /// A DynamoDB table shared by every instance (made by [`create_table`]); the demo workspace
+    /// is seeded at start when it holds no documents.
+    DynamoDb {
+        /// The SDK client, with the caller's region, credentials and timeouts.
+        client: aws_sdk_dynamodb::Client,
+        /// The table name.
+        table: String,
+    },
 }
 
 /// A listening address: a unix socket path (created with mode 0600) or a TCP address.
@@ -72,9 +91,22 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
     if cfg.assertion_key.len() < MIN_ASSERTION_KEY_BYTES {
         return Err(BackendError::WeakKey(MIN_ASSERTION_KEY_BYTES));
     }
-    let store = EmbeddedStore::open(&cfg.data_dir.join("backend"), seed::demo)?;
-    let app = Arc::new(App::new(Arc::new(store), &cfg.assertion_key));
+    let (store, seed_at_start): (Arc<dyn Store>, bool) = match cfg.store {
+        StoreChoice::Embedded => (
+            Arc::new(EmbeddedStore::open(
+                &cfg.data_dir.join("backend"),
+                seed::demo,
+            )?),
+            false,
+        ),
+        StoreChoice::DynamoDb { client, table } => {
+            (Arc::new(DynamoDbStore::new(client, table)), true)
+        }
+    };
+    let app = Arc::new(App::new(store.clone(), &cfg.assertion_key));
     let (listener, listen) = server::bind(&cfg.listen)?;
+    // The seeding of a remote store runs on the backend's runtime; its outcome comes back here.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
 
     let serving = Arc::new(AtomicBool::new(false));
     let flag = serving.clone();
@@ -96,6 +128,14 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
                 }
             };
             runtime.block_on(async move {
+                if seed_at_start
+                    && let Err(e) = crate::store::seed_if_empty(&*store, seed::demo()).await
+                {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+                drop(store);
+                let _ = ready_tx.send(Ok(()));
                 match listener.into_tokio() {
                     Ok(listener) => {
                         flag.store(true, Ordering::Release);
@@ -106,6 +146,15 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
             });
         })
         .map_err(BackendError::Thread)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(BackendError::Thread(std::io::Error::other(
+                "the backend thread ended before serving",
+            )));
+        }
+    }
     Ok(BackendHandle { listen, serving })
 }
 

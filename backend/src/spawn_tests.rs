@@ -12,6 +12,7 @@ fn spawn_serves_on_a_private_unix_socket_replacing_a_stale_one() {
         data_dir: dir.path().to_owned(),
         listen,
         assertion_key: crate::testing::KEY.to_vec(),
+        store: crate::StoreChoice::Embedded,
     };
     let weak = crate::BackendConfig {
         assertion_key: b"short".to_vec(),
@@ -56,6 +57,7 @@ fn spawn_reports_the_bound_tcp_port() {
         data_dir: dir.path().to_owned(),
         listen: crate::Listen::Tcp("127.0.0.1:0".parse().unwrap()),
         assertion_key: crate::testing::KEY.to_vec(),
+        store: crate::StoreChoice::Embedded,
     })
     .unwrap();
     let crate::Listen::Tcp(addr) = handle.listen() else {

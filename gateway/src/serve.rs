@@ -316,6 +316,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
                 data_dir: data_dir.clone(),
                 listen: backend::Listen::Unix(path.clone()),
                 assertion_key: secret.clone(),
+                store: backend::StoreChoice::Embedded,
             })
             .map_err(|e| anyhow::anyhow!("embedded backend: {e}"))?;
             Upstream::Unix(path.to_string_lossy().into_owned())

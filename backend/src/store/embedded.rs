@@ -10,7 +10,11 @@
 //! - write: under one mutex, the record is appended and fsynced *before* memory changes, so the
 //!   log order is the memory order and an acknowledged write survives a crash. A failed append
 //!   is truncated away and memory is left as it was.
+//! - a `transact` batch is one record (`batch`): every condition is checked under the mutex, the
+//!   whole batch is appended and fsynced as one line, then applied. A torn batch line is dropped
+//!   whole, so a batch is never half-applied, even across a crash.
 //! - when the log holds four times more records than live documents, it is compacted again.
+//!   Compaction (and opening) also drops expired documents: they were already absent to readers.
 //!
 //! An exclusive lock on `store.lock` keeps a second process (or a second open) out.
 //! Writes run on tokio's blocking pool: fsync never stalls a runtime worker.
@@ -27,7 +31,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Document, Store, StoreError};
+use super::{Document, Page, Store, StoreError, WriteOp, check_batch, is_expired, now_secs};
 
 const LOG: &str = "store.jsonl";
 const LOG_TMP: &str = "store.jsonl.tmp";
@@ -54,6 +58,19 @@ enum Record<'a> {
     DropWorkspace {
         ws: Cow<'a, str>,
     },
+    /// The writes of one `transact`, applied together or (torn) not at all.
+    Batch {
+        ws: Cow<'a, str>,
+        writes: Cow<'a, [Change]>,
+    },
+}
+
+/// One resolved write: what a [`WriteOp`] amounts to once its condition held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+enum Change {
+    Put { c: String, id: String, doc: Value },
+    Delete { c: String, id: String },
 }
 
 /// The in-memory, log-backed store.
@@ -153,6 +170,91 @@ fn lookup<'a>(docs: &'a Docs, ws: &str, c: &str, id: &str) -> Option<&'a Value> 
     docs.get(ws)?.get(c)?.get(id)
 }
 
+/// The document at the key unless it is missing or expired.
+fn live<'a>(docs: &'a Docs, ws: &str, c: &str, id: &str, now: f64) -> Option<&'a Value> {
+    lookup(docs, ws, c, id).filter(|d| !is_expired(d, now))
+}
+
+/// What `op` writes if its condition holds against `docs` (every key of a batch is distinct, so
+/// each op of a batch sees the state before the batch).
+fn resolve(docs: &Docs, ws: &str, op: WriteOp, now: f64) -> Option<Change> {
+    match op {
+        WriteOp::Insert {
+            collection: c,
+            id,
+            doc,
+        } => live(docs, ws, &c, &id, now)
+            .is_none()
+            .then_some(Change::Put { c, id, doc }),
+        WriteOp::Put {
+            collection: c,
+            id,
+            doc,
+        } => Some(Change::Put { c, id, doc }),
+        WriteOp::Merge {
+            collection: c,
+            id,
+            patch,
+        } => {
+            let Some(Value::Object(doc)) = live(docs, ws, &c, &id, now) else {
+                return None;
+            };
+            let mut doc = doc.clone();
+            doc.extend(patch);
+            Some(Change::Put {
+                c,
+                id,
+                doc: Value::Object(doc),
+            })
+        }
+        WriteOp::Add {
+            collection: c,
+            id,
+            field,
+            delta,
+            floor,
+        } => {
+            let mut doc = match live(docs, ws, &c, &id, now) {
+                Some(Value::Object(m)) => m.clone(),
+                _ => Map::new(),
+            };
+            let current = doc.get(&field).and_then(Value::as_i64).unwrap_or(0);
+            let next = current.checked_add(delta).filter(|n| *n >= floor)?;
+            doc.insert(field, Value::from(next));
+            Some(Change::Put {
+                c,
+                id,
+                doc: Value::Object(doc),
+            })
+        }
+        WriteOp::Delete { collection: c, id } => live(docs, ws, &c, &id, now)
+            .is_some()
+            .then_some(Change::Delete { c, id }),
+    }
+}
+
+fn apply(docs: &mut Docs, ws: &str, write: Change) {
+    match write {
+        Change::Put { c, id, doc } => {
+            slot(docs, ws, &c).insert(id, doc);
+        }
+        Change::Delete { c, id } => {
+            remove(docs, ws, &c, &id);
+        }
+    }
+}
+
+/// Forget expired documents (they are absent to every reader already).
+fn drop_expired(docs: &mut Docs, now: f64) {
+    for colls in docs.values_mut() {
+        for coll in colls.values_mut() {
+            coll.retain(|_, doc| !is_expired(doc, now));
+        }
+        colls.retain(|_, coll| !coll.is_empty());
+    }
+    docs.retain(|_, colls| !colls.is_empty());
+}
+
 fn remove(docs: &mut Docs, ws: &str, c: &str, id: &str) -> Option<Value> {
     let colls = docs.get_mut(ws)?;
     let coll = colls.get_mut(c)?;
@@ -197,8 +299,14 @@ fn replay(bytes: &[u8]) -> Result<Docs, StoreError> {
             Record::DropWorkspace { ws } => {
                 docs.remove(ws.as_ref());
             }
+            Record::Batch { ws, writes } => {
+                for write in writes.into_owned() {
+                    apply(&mut docs, &ws, write);
+                }
+            }
         }
     }
+    drop_expired(&mut docs, now_secs());
     Ok(docs)
 }
 
@@ -259,21 +367,40 @@ impl Inner {
         Ok(())
     }
 
-    fn put(&mut self, ws: &str, c: &str, id: &str, doc: Value) -> Result<(), StoreError> {
-        self.append(&Record::Put {
-            ws: ws.into(),
-            c: c.into(),
-            id: id.into(),
-            doc: Cow::Borrowed(&doc),
-        })?;
-        slot(&mut self.docs, ws, c).insert(id.to_owned(), doc);
+    /// Log one resolved write, then apply it.
+    fn commit(&mut self, ws: &str, write: Change) -> Result<(), StoreError> {
+        let record = match &write {
+            Change::Put { c, id, doc } => Record::Put {
+                ws: ws.into(),
+                c: c.into(),
+                id: id.into(),
+                doc: Cow::Borrowed(doc),
+            },
+            Change::Delete { c, id } => Record::Delete {
+                ws: ws.into(),
+                c: c.into(),
+                id: id.into(),
+            },
+        };
+        self.append(&record)?;
+        apply(&mut self.docs, ws, write);
         Ok(())
+    }
+
+    /// Resolve `op` and commit it; the write, or `None` when its condition failed.
+    fn write_one(&mut self, ws: &str, op: WriteOp) -> Result<Option<Change>, StoreError> {
+        let Some(write) = resolve(&self.docs, ws, op, now_secs()) else {
+            return Ok(None);
+        };
+        self.commit(ws, write.clone())?;
+        Ok(Some(write))
     }
 
     fn maybe_compact(&mut self) {
         if self.records <= 4 * count(&self.docs) + 1024 {
             return;
         }
+        drop_expired(&mut self.docs, now_secs());
         match write_snapshot(&self.dir, &self.docs) {
             Ok((log, len, records)) => {
                 self.log = log;
@@ -288,23 +415,24 @@ impl Inner {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, ws: &str, c: &str, id: &str) -> Result<Option<Value>, StoreError> {
-        Ok(lookup(&self.lock().docs, ws, c, id).cloned())
+        Ok(live(&self.lock().docs, ws, c, id, now_secs()).cloned())
     }
 
     async fn put(&self, ws: &str, c: &str, id: &str, doc: Value) -> Result<(), StoreError> {
         let (ws, c, id) = (ws.to_owned(), c.to_owned(), id.to_owned());
-        self.write(move |s| s.put(&ws, &c, &id, doc)).await
+        self.write(move |s| s.commit(&ws, Change::Put { c, id, doc }))
+            .await
     }
 
     async fn insert(&self, ws: &str, c: &str, id: &str, doc: Value) -> Result<bool, StoreError> {
-        let (ws, c, id) = (ws.to_owned(), c.to_owned(), id.to_owned());
-        self.write(move |s| {
-            if lookup(&s.docs, &ws, &c, &id).is_some() {
-                return Ok(false);
-            }
-            s.put(&ws, &c, &id, doc).map(|()| true)
-        })
-        .await
+        let op = WriteOp::Insert {
+            collection: c.to_owned(),
+            id: id.to_owned(),
+            doc,
+        };
+        let ws = ws.to_owned();
+        self.write(move |s| Ok(s.write_one(&ws, op)?.is_some()))
+            .await
     }
 
     async fn merge(
@@ -314,15 +442,17 @@ impl Store for EmbeddedStore {
         id: &str,
         patch: Map<String, Value>,
     ) -> Result<Option<Value>, StoreError> {
-        let (ws, c, id) = (ws.to_owned(), c.to_owned(), id.to_owned());
+        let op = WriteOp::Merge {
+            collection: c.to_owned(),
+            id: id.to_owned(),
+            patch,
+        };
+        let ws = ws.to_owned();
         self.write(move |s| {
-            let Some(Value::Object(mut doc)) = lookup(&s.docs, &ws, &c, &id).cloned() else {
-                return Ok(None);
-            };
-            doc.extend(patch);
-            let doc = Value::Object(doc);
-            s.put(&ws, &c, &id, doc.clone())?;
-            Ok(Some(doc))
+            Ok(match s.write_one(&ws, op)? {
+                Some(Change::Put { doc, .. }) => Some(doc),
+                _ => None,
+            })
         })
         .await
     }
@@ -336,47 +466,46 @@ impl Store for EmbeddedStore {
         delta: i64,
         floor: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let (ws, c, id, field) = (ws.to_owned(), c.to_owned(), id.to_owned(), field.to_owned());
+        let op = WriteOp::Add {
+            collection: c.to_owned(),
+            id: id.to_owned(),
+            field: field.to_owned(),
+            delta,
+            floor,
+        };
+        let (ws, field) = (ws.to_owned(), field.to_owned());
         self.write(move |s| {
-            let mut doc = match lookup(&s.docs, &ws, &c, &id) {
-                Some(Value::Object(m)) => m.clone(),
-                _ => Map::new(),
-            };
-            let current = doc.get(&field).and_then(Value::as_i64).unwrap_or(0);
-            let Some(next) = current.checked_add(delta).filter(|n| *n >= floor) else {
-                return Ok(None);
-            };
-            doc.insert(field, Value::from(next));
-            s.put(&ws, &c, &id, Value::Object(doc))?;
-            Ok(Some(next))
+            Ok(match s.write_one(&ws, op)? {
+                Some(Change::Put { doc, .. }) => doc.get(&field).and_then(Value::as_i64),
+                _ => None,
+            })
         })
         .await
     }
 
     async fn delete(&self, ws: &str, c: &str, id: &str) -> Result<bool, StoreError> {
-        let (ws, c, id) = (ws.to_owned(), c.to_owned(), id.to_owned());
-        self.write(move |s| {
-            if lookup(&s.docs, &ws, &c, &id).is_none() {
-                return Ok(false);
-            }
-            s.append(&Record::Delete {
-                ws: (&*ws).into(),
-                c: (&*c).into(),
-                id: (&*id).into(),
-            })?;
-            remove(&mut s.docs, &ws, &c, &id);
-            Ok(true)
-        })
-        .await
+        let op = WriteOp::Delete {
+            collection: c.to_owned(),
+            id: id.to_owned(),
+        };
+        let ws = ws.to_owned();
+        self.write(move |s| Ok(s.write_one(&ws, op)?.is_some()))
+            .await
     }
 
     async fn list(&self, ws: &str, c: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        let now = now_secs();
         let guard = self.lock();
         Ok(guard
             .docs
             .get(ws)
             .and_then(|colls| colls.get(c))
-            .map(|coll| coll.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|coll| {
+                coll.iter()
+                    .filter(|(_, v)| !is_expired(v, now))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -386,10 +515,71 @@ impl Store for EmbeddedStore {
             let Some(colls) = s.docs.get(&ws) else {
                 return Ok(0);
             };
-            let n = colls.values().map(BTreeMap::len).sum();
+            let now = now_secs();
+            let n = colls
+                .values()
+                .flat_map(BTreeMap::values)
+                .filter(|d| !is_expired(d, now))
+                .count();
             s.append(&Record::DropWorkspace { ws: (&*ws).into() })?;
             s.docs.remove(&ws);
             Ok(n)
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        ws: &str,
+        c: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        use std::ops::Bound;
+        let now = now_secs();
+        let guard = self.lock();
+        let Some(coll) = guard.docs.get(ws).and_then(|colls| colls.get(c)) else {
+            return Ok(Page {
+                items: Vec::new(),
+                more: false,
+            });
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut live = coll
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter(|(_, v)| !is_expired(v, now));
+        let items = live
+            .by_ref()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let more = live.next().is_some();
+        Ok(Page { items, more })
+    }
+
+    async fn transact(&self, ws: &str, ops: Vec<WriteOp>) -> Result<bool, StoreError> {
+        check_batch(&ops)?;
+        if ops.is_empty() {
+            return Ok(true);
+        }
+        let ws = ws.to_owned();
+        self.write(move |s| {
+            let now = now_secs();
+            let Some(writes) = ops
+                .into_iter()
+                .map(|op| resolve(&s.docs, &ws, op, now))
+                .collect::<Option<Vec<Change>>>()
+            else {
+                return Ok(false);
+            };
+            s.append(&Record::Batch {
+                ws: (&*ws).into(),
+                writes: Cow::Borrowed(&writes),
+            })?;
+            for write in writes {
+                apply(&mut s.docs, &ws, write);
+            }
+            Ok(true)
         })
         .await
     }

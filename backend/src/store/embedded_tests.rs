@@ -217,3 +217,82 @@ async fn the_log_is_compacted() {
     let s = open(tmp.path());
     assert_eq!(s.get("ws", "c", "k").await.unwrap(), Some(json!(1099)));
 }
+
+#[tokio::test]
+async fn a_batch_is_one_record_and_survives_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ops = vec![
+        WriteOp::Put {
+            collection: "c".into(),
+            id: "a".into(),
+            doc: json!(1),
+        },
+        WriteOp::Add {
+            collection: "b".into(),
+            id: "u".into(),
+            field: "balance".into(),
+            delta: 3,
+            floor: 0,
+        },
+    ];
+    {
+        let s = open(tmp.path());
+        let before = std::fs::read_to_string(tmp.path().join(LOG)).unwrap();
+        assert!(s.transact("ws", ops).await.unwrap());
+        let after = std::fs::read_to_string(tmp.path().join(LOG)).unwrap();
+        assert_eq!(after.lines().count(), before.lines().count() + 1);
+        assert!(after.lines().last().unwrap().contains(r#""op":"batch""#));
+    }
+    let s = open(tmp.path());
+    assert_eq!(s.get("ws", "c", "a").await.unwrap(), Some(json!(1)));
+    assert_eq!(
+        s.get("ws", "b", "u").await.unwrap(),
+        Some(json!({"balance": 3}))
+    );
+}
+
+#[tokio::test]
+async fn a_torn_batch_is_dropped_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(open(tmp.path()));
+    let log = tmp.path().join(LOG);
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    // A crash mid-append: the first write of the batch is complete on disk, the line is not.
+    f.write_all(
+        br#"{"op":"batch","ws":"ws","writes":[{"op":"put","c":"c","id":"a","doc":1},{"op":"put","c":"c","id":"b","d"#,
+    )
+    .unwrap();
+    drop(f);
+    let s = open(tmp.path());
+    assert_eq!(s.get("ws", "c", "a").await.unwrap(), None);
+    assert_eq!(s.get("ws", "c", "b").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn expired_documents_are_dropped_when_the_log_is_compacted() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let s = open(tmp.path());
+        s.put("ws", "idem", "old", json!({"expiresAt": 1}))
+            .await
+            .unwrap();
+        s.put("ws", "idem", "new", json!({"expiresAt": 4_000_000_000_u64}))
+            .await
+            .unwrap();
+    }
+    drop(open(tmp.path()));
+    let log = std::fs::read_to_string(tmp.path().join(LOG)).unwrap();
+    assert!(!log.contains(r#""old""#), "{log}");
+    assert!(log.contains(r#""new""#), "{log}");
+}
+
+async fn fresh(_test: &str) -> Option<(std::sync::Arc<dyn Store>, tempfile::TempDir)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&tmp.path().join("backend"), Vec::new).unwrap();
+    Some((std::sync::Arc::new(store), tmp))
+}
+
+/// The shared suite (`store/conformance.rs`) against the embedded store.
+mod conformance {
+    crate::store::conformance::conformance_suite!(super::fresh);
+}

@@ -4,13 +4,29 @@
 //! The operations are the ones a DynamoDB table answers in one request each: `insert` is a put
 //! with `attribute_not_exists`, `merge` an UpdateItem with `attribute_exists`, `add_to_field` an
 //! UpdateItem `ADD` with a condition. Handlers needing atomicity use those, never read-then-write.
+//!
+//! Expiry: a document whose top-level [`EXPIRES_AT`] is a number of Unix seconds in the past is
+//! absent for every read and every condition, in both stores, whether or not it has been
+//! physically removed yet (DynamoDB's TTL clean-up runs late; the embedded store drops such
+//! documents when it compacts its log).
+//!
+//! Two implementations pass one shared suite (`conformance.rs`): [`EmbeddedStore`] (the default,
+//! under the data dir) and [`DynamoDbStore`] (one table, for gateways side by side).
 
+mod dynamodb;
 mod embedded;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
+pub use dynamodb::{DynamoDbStore, create_table};
 pub use embedded::EmbeddedStore;
+
+/// The top-level field holding a document's expiry (Unix seconds); see the module doc.
+pub const EXPIRES_AT: &str = "expiresAt";
+
+/// The most writes one [`Store::transact`] batch may hold (DynamoDB's TransactWriteItems limit).
+pub const MAX_BATCH: usize = 25;
 
 /// Mission definitions.
 pub const MISSIONS: &str = "missions";
@@ -54,6 +70,91 @@ pub enum StoreError {
     /// Another process holds the store.
     #[error("{0} is in use by another process")]
     Locked(String),
+    /// The remote store did not answer or failed (no credentials or secrets in the message).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The request cannot be stored as asked (a batch too large or touching one key twice, a
+    /// key or document the remote store refuses).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+}
+
+/// The current time in Unix seconds, for expiry checks.
+pub(crate) fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Whether `doc` has a numeric top-level [`EXPIRES_AT`] before `now`.
+pub(crate) fn is_expired(doc: &Value, now: f64) -> bool {
+    doc.get(EXPIRES_AT)
+        .and_then(Value::as_f64)
+        .is_some_and(|t| t < now)
+}
+
+impl WriteOp {
+    /// The key `(collection, id)` the write touches.
+    pub fn key(&self) -> (&str, &str) {
+        match self {
+            WriteOp::Insert { collection, id, .. }
+            | WriteOp::Put { collection, id, .. }
+            | WriteOp::Merge { collection, id, .. }
+            | WriteOp::Add { collection, id, .. }
+            | WriteOp::Delete { collection, id } => (collection, id),
+        }
+    }
+}
+
+/// Write `docs` with [`Store::insert`] unless one of their `(workspace, collection)` pairs
+/// already holds a document; how many were written. For a shared store (DynamoDB) that is seeded
+/// at start rather than at creation: gateways starting side by side may both seed, and `insert`
+/// keeps the first copy of every document. A workspace deleted in full is seeded again.
+pub async fn seed_if_empty(store: &dyn Store, docs: Vec<Document>) -> Result<usize, StoreError> {
+    let mut checked = std::collections::HashSet::new();
+    for d in &docs {
+        if checked.insert((d.workspace_id.as_str(), d.collection.as_str()))
+            && !store
+                .list_page(&d.workspace_id, &d.collection, None, 1)
+                .await?
+                .items
+                .is_empty()
+        {
+            return Ok(0);
+        }
+    }
+    let mut written = 0;
+    for d in docs {
+        if store
+            .insert(&d.workspace_id, &d.collection, &d.id, d.body)
+            .await?
+        {
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Refuse a batch no DynamoDB transaction could run: more than [`MAX_BATCH`] writes, or two
+/// writes on one key. Both stores apply the same rule so they behave alike.
+pub(crate) fn check_batch(ops: &[WriteOp]) -> Result<(), StoreError> {
+    if ops.len() > MAX_BATCH {
+        return Err(StoreError::Invalid(format!(
+            "a transaction holds at most {MAX_BATCH} writes, not {}",
+            ops.len()
+        )));
+    }
+    let mut keys = std::collections::HashSet::with_capacity(ops.len());
+    for op in ops {
+        if !keys.insert(op.key()) {
+            let (c, id) = op.key();
+            return Err(StoreError::Invalid(format!(
+                "a transaction writes {c}/{id} more than once"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One document with its full key, for seeding and snapshots.
@@ -200,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Apply every write of `ops` in the workspace, all or none (a DynamoDB TransactWriteItems:
-    /// at most 25 writes, one per key). `false` when a condition failed and nothing was written.
+    /// at most 25 writes, one per key, else [`StoreError::Invalid`]). `false` when a condition
+    /// failed and nothing was written.
     ///
     /// The default applies the writes one by one and is NOT atomic; every store overrides it.
     async fn transact(&self, ws: &str, ops: Vec<WriteOp>) -> Result<bool, StoreError> {
@@ -243,3 +345,6 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod conformance;
