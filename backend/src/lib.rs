@@ -8,6 +8,7 @@ pub mod assertion;
 mod clock;
 pub mod error;
 mod handlers;
+pub mod idempotency;
 mod routes;
 mod seed;
 mod server;
@@ -40,6 +41,8 @@ pub struct BackendConfig {
     pub assertion_key: Vec<u8>,
     /// Where the documents live.
     pub store: StoreChoice,
+    /// How long the answer to a write with `X-Idempotency-Key` is kept for replay.
+    pub idempotency_ttl: std::time::Duration,
 }
 
 /// Which store the backend keeps its documents in.
@@ -54,6 +57,8 @@ pub enum StoreChoice {
         client: aws_sdk_dynamodb::Client,
         /// The table name.
         table: String,
+        /// Create the table at start when it does not exist ([`create_table`]).
+        create_table: bool,
     },
 }
 
@@ -91,6 +96,7 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
     if cfg.assertion_key.len() < MIN_ASSERTION_KEY_BYTES {
         return Err(BackendError::WeakKey(MIN_ASSERTION_KEY_BYTES));
     }
+    let mut create = None;
     let (store, seed_at_start): (Arc<dyn Store>, bool) = match cfg.store {
         StoreChoice::Embedded => (
             Arc::new(EmbeddedStore::open(
@@ -99,11 +105,20 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
             )?),
             false,
         ),
-        StoreChoice::DynamoDb { client, table } => {
+        StoreChoice::DynamoDb {
+            client,
+            table,
+            create_table,
+        } => {
+            if create_table {
+                create = Some((client.clone(), table.clone()));
+            }
             (Arc::new(DynamoDbStore::new(client, table)), true)
         }
     };
-    let app = Arc::new(App::new(store.clone(), &cfg.assertion_key));
+    let app = Arc::new(
+        App::new(store.clone(), &cfg.assertion_key).with_idempotency_ttl(cfg.idempotency_ttl),
+    );
     let (listener, listen) = server::bind(&cfg.listen)?;
     // The seeding of a remote store runs on the backend's runtime; its outcome comes back here.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
@@ -128,6 +143,12 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
                 }
             };
             runtime.block_on(async move {
+                if let Some((client, table)) = create
+                    && let Err(e) = crate::store::create_table(&client, &table).await
+                {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
                 if seed_at_start
                     && let Err(e) = crate::store::seed_if_empty(&*store, seed::demo()).await
                 {

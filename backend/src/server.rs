@@ -21,6 +21,7 @@ use crate::Listen;
 use crate::assertion::{ASSERTION_HEADER, AssertionVerifier};
 use crate::error::{ApiError, BackendError};
 use crate::handlers::{Ctx, Query, Reply, Verb};
+use crate::idempotency::{self, Answer};
 use crate::routes;
 use crate::store::Store;
 
@@ -34,6 +35,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     store: Arc<dyn Store>,
     verifier: AssertionVerifier,
+    idempotency_ttl: Duration,
 }
 
 impl App {
@@ -42,7 +44,14 @@ impl App {
         App {
             store,
             verifier: AssertionVerifier::new(assertion_key),
+            idempotency_ttl: crate::idempotency::DEFAULT_TTL,
         }
+    }
+
+    /// Keep answers to writes with `X-Idempotency-Key` for `ttl` (default 5 minutes).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> App {
+        self.idempotency_ttl = ttl;
+        self
     }
 }
 
@@ -190,13 +199,42 @@ where
 pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let request_id = request_id(req.headers());
     let path = req.uri().path().to_owned();
-    let (status, body) = match process(app, req).await {
-        Ok(Reply { status, body }) => (status, body),
-        Err(err) => {
-            if let ApiError::Internal(detail) = &err {
-                tracing::error!(request_id = %request_id, path = %path, %detail, "backend error");
+    let render = |err: ApiError| -> Answer {
+        if let ApiError::Internal(detail) = &err {
+            tracing::error!(request_id = %request_id, path = %path, %detail, "backend error");
+        }
+        (err.status(), Some(err.envelope(&request_id, &path)))
+    };
+    let mut idempotency_key = None;
+    let mut replayed = false;
+    let (status, body) = match prepare(app, req).await {
+        Err(err) => render(err),
+        Ok(Prepared::Health) => (StatusCode::OK, Some(json!({"status": "ok"}))),
+        Ok(Prepared::Call { cx, key: None, .. }) => run(app, &cx).await.unwrap_or_else(render),
+        Ok(Prepared::Call {
+            cx,
+            key: Some(key),
+            method,
+            path_and_query,
+        }) => {
+            let outcome = idempotency::run(
+                app.store.as_ref(),
+                &cx,
+                &method,
+                &path_and_query,
+                &key,
+                app.idempotency_ttl,
+                || async { run(app, &cx).await.unwrap_or_else(render) },
+            )
+            .await;
+            idempotency_key = Some(key);
+            match outcome {
+                Ok(o) => {
+                    replayed = o.replayed;
+                    o.answer
+                }
+                Err(err) => render(err),
             }
-            (err.status(), Some(err.envelope(&request_id, &path)))
         }
     };
     let bytes = body.map_or_else(Bytes::new, |b| {
@@ -213,17 +251,42 @@ pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<B
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
+    if let Some(v) = idempotency_key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        headers.insert(idempotency::HEADER, v);
+        if replayed {
+            headers.insert(
+                idempotency::REPLAYED_HEADER,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
     resp
 }
 
-async fn process(app: &App, req: Request<Incoming>) -> Result<Reply, ApiError> {
+async fn run(app: &App, cx: &Ctx) -> Result<Answer, ApiError> {
+    routes::dispatch(app.store.as_ref(), cx)
+        .await
+        .map(|Reply { status, body }| (status, body))
+}
+
+/// A request checked and read, ready to run.
+enum Prepared {
+    /// `GET /healthz`.
+    Health,
+    /// A route call; `key` when it is a write with `X-Idempotency-Key`.
+    Call {
+        cx: Box<Ctx>,
+        key: Option<String>,
+        method: String,
+        path_and_query: String,
+    },
+}
+
+async fn prepare(app: &App, req: Request<Incoming>) -> Result<Prepared, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if parts.method == Method::GET && path == "/healthz" {
-        return Ok(Reply {
-            status: StatusCode::OK,
-            body: Some(json!({"status": "ok"})),
-        });
+        return Ok(Prepared::Health);
     }
     let mut tokens = parts.headers.get_all(ASSERTION_HEADER).iter();
     let token = match (tokens.next(), tokens.next()) {
@@ -249,17 +312,40 @@ async fn process(app: &App, req: Request<Incoming>) -> Result<Reply, ApiError> {
         ));
     }
     let query = Query::parse(parts.uri.query())?;
-    let body = read_body(&parts.headers, body).await?;
-    let cx = Ctx {
-        verb: Verb::from(&parts.method),
-        area: target.area,
-        ws: target.ws,
-        rest: target.rest,
-        query,
-        caller,
-        body,
+    let key = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        let mut given = parts.headers.get_all(idempotency::HEADER).iter();
+        match (given.next(), given.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(idempotency::key_of(v)?),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    "X-Idempotency-Key",
+                    "must be given at most once",
+                ));
+            }
+        }
+    } else {
+        None
     };
-    routes::dispatch(app.store.as_ref(), &cx).await
+    let body = read_body(&parts.headers, body).await?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| path.to_owned(), |p| p.as_str().to_owned());
+    Ok(Prepared::Call {
+        cx: Box::new(Ctx {
+            verb: Verb::from(&parts.method),
+            area: target.area,
+            ws: target.ws,
+            rest: target.rest,
+            query,
+            caller,
+            body,
+        }),
+        key,
+        method: parts.method.as_str().to_owned(),
+        path_and_query,
+    })
 }
 
 async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {

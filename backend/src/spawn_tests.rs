@@ -13,6 +13,7 @@ fn spawn_serves_on_a_private_unix_socket_replacing_a_stale_one() {
         listen,
         assertion_key: crate::testing::KEY.to_vec(),
         store: crate::StoreChoice::Embedded,
+        idempotency_ttl: std::time::Duration::from_secs(300),
     };
     let weak = crate::BackendConfig {
         assertion_key: b"short".to_vec(),
@@ -58,6 +59,7 @@ fn spawn_reports_the_bound_tcp_port() {
         listen: crate::Listen::Tcp("127.0.0.1:0".parse().unwrap()),
         assertion_key: crate::testing::KEY.to_vec(),
         store: crate::StoreChoice::Embedded,
+        idempotency_ttl: std::time::Duration::from_secs(300),
     })
     .unwrap();
     let crate::Listen::Tcp(addr) = handle.listen() else {

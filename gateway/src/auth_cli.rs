@@ -37,8 +37,8 @@ pub enum KeysCommand {
 
 #[derive(Subcommand)]
 pub enum DynamoDbCommand {
-    /// Create the token cache table (on-demand capacity, TTL clean-up on `ttl`) unless it
-    /// exists. Safe to run again.
+    /// Create the token cache table and the backend's table (on-demand capacity, TTL clean-up
+    /// on `ttl`) unless they exist. Safe to run again.
     CreateTables {
         /// Configuration file (its `[dynamodb]` section).
         #[arg(long, default_value = crate::DEFAULT_CONFIG)]
@@ -89,16 +89,25 @@ pub fn dynamodb(command: DynamoDbCommand) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let settings = cfg.dynamodb.token_store();
             let store = DynamoStore::connect(&settings)?;
-            let outcome = tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?
-                .block_on(store.create_table())?;
+                .build()?;
+            let outcome = runtime.block_on(store.create_table())?;
             let what = match outcome {
                 TableCreation::Created => "created",
                 TableCreation::AlreadyExisted => "already existed",
             };
             println!(
                 "token cache table {}: {what}; TTL clean-up on `ttl`",
+                settings.table
+            );
+            let settings = cfg.dynamodb.backend_store();
+            let client = token_proxy::cache::dynamodb::client(&settings)?;
+            runtime
+                .block_on(backend::create_table(&client, &settings.table))
+                .map_err(|e| anyhow::anyhow!("backend table {}: {e}", settings.table))?;
+            println!(
+                "backend table {}: ready (key pk + sk); TTL clean-up on `ttl`",
                 settings.table
             );
         }

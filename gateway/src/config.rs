@@ -197,6 +197,8 @@ struct RawBackend {
     mode: Option<String>,
     address: Option<String>,
     socket: Option<String>,
+    store: Option<String>,
+    idempotency_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -308,11 +310,26 @@ pub struct TrustedIssuer {
     pub jwks_uri: String,
 }
 
+/// Where the embedded backend keeps its documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendStore {
+    /// Files under the data dir (one process).
+    Embedded,
+    /// The `[dynamodb]` backend table (shared by gateways side by side).
+    DynamoDb,
+}
+
 /// Where allowed requests are forwarded.
 #[derive(Debug, Clone)]
 pub enum BackendTarget {
     /// The embedded backend, served on a unix socket (relative paths are in the data dir).
-    Embedded { socket: PathBuf },
+    Embedded {
+        socket: PathBuf,
+        /// Where its documents live.
+        store: BackendStore,
+        /// How long a stored `X-Idempotency-Key` answer is replayed.
+        idempotency_ttl: std::time::Duration,
+    },
     /// A backend at a loopback or network address.
     External { address: SocketAddr },
 }
@@ -506,11 +523,40 @@ impl Validator<'_> {
                         self.invalid("backend.address", "only valid with mode = \"external\"")
                     );
                 }
+                let store = match raw.backend.store.as_deref().unwrap_or("embedded") {
+                    "embedded" => BackendStore::Embedded,
+                    "dynamodb" => BackendStore::DynamoDb,
+                    other => {
+                        return Err(self.invalid(
+                            "backend.store",
+                            format!("`{other}` is not one of \"embedded\", \"dynamodb\""),
+                        ));
+                    }
+                };
+                let ttl = self.range(
+                    "backend.idempotency_ttl_seconds",
+                    raw.backend.idempotency_ttl_seconds.unwrap_or(300),
+                    1,
+                    86_400,
+                )?;
                 BackendTarget::Embedded {
                     socket: PathBuf::from(raw.backend.socket.as_deref().unwrap_or("backend.sock")),
+                    store,
+                    idempotency_ttl: std::time::Duration::from_secs(ttl),
                 }
             }
             "external" => {
+                for (key, set) in [
+                    ("backend.store", raw.backend.store.is_some()),
+                    (
+                        "backend.idempotency_ttl_seconds",
+                        raw.backend.idempotency_ttl_seconds.is_some(),
+                    ),
+                ] {
+                    if set {
+                        return Err(self.invalid(key, "only valid with mode = \"embedded\""));
+                    }
+                }
                 let Some(address) = raw.backend.address else {
                     return Err(
                         self.invalid("backend.address", "required with mode = \"external\"")

@@ -16,7 +16,7 @@ use crate::audit::AuditSink;
 use crate::auth_domain::AuthDomain;
 use crate::authn::{KeyRing, KeySource, Verifier};
 use crate::authz::{Authorizer, PolicyBundle, PolicySource};
-use crate::config::{BackendTarget, CertFiles, Config};
+use crate::config::{BackendStore, BackendTarget, CertFiles, Config};
 use crate::forward::{self, AssertionSigner};
 use crate::proxy::{Gateway, Upstream};
 use crate::tls::ReloadingCert;
@@ -306,7 +306,11 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     let secret = forward::load_or_create_secret(&data_dir)
         .map_err(|e| anyhow::anyhow!("assertion key in {}: {e}", data_dir.display()))?;
     let upstream = match &config.backend {
-        BackendTarget::Embedded { socket } => {
+        BackendTarget::Embedded {
+            socket,
+            store,
+            idempotency_ttl,
+        } => {
             let path = if socket.is_absolute() {
                 socket.clone()
             } else {
@@ -316,7 +320,19 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
                 data_dir: data_dir.clone(),
                 listen: backend::Listen::Unix(path.clone()),
                 assertion_key: secret.clone(),
-                store: backend::StoreChoice::Embedded,
+                store: match store {
+                    BackendStore::Embedded => backend::StoreChoice::Embedded,
+                    BackendStore::DynamoDb => {
+                        let settings = config.dynamodb.backend_store();
+                        backend::StoreChoice::DynamoDb {
+                            client: token_proxy::cache::dynamodb::client(&settings)
+                                .map_err(|e| anyhow::anyhow!("backend DynamoDB store: {e}"))?,
+                            table: settings.table,
+                            create_table: config.dynamodb.create_tables_on_start,
+                        }
+                    }
+                },
+                idempotency_ttl: *idempotency_ttl,
             })
             .map_err(|e| anyhow::anyhow!("embedded backend: {e}"))?;
             Upstream::Unix(path.to_string_lossy().into_owned())

@@ -34,6 +34,8 @@ pub enum Verb {
     Post,
     /// PUT
     Put,
+    /// PATCH
+    Patch,
     /// DELETE
     Delete,
     /// Anything else (matches no route).
@@ -46,6 +48,7 @@ impl From<&http::Method> for Verb {
             http::Method::GET => Verb::Get,
             http::Method::POST => Verb::Post,
             http::Method::PUT => Verb::Put,
+            http::Method::PATCH => Verb::Patch,
             http::Method::DELETE => Verb::Delete,
             _ => Verb::Other,
         }

@@ -208,7 +208,9 @@ fn spawn_seeds_the_demo_workspace_once_and_writes_no_data_dir() {
         store: crate::StoreChoice::DynamoDb {
             client: client.clone(),
             table: table.clone(),
+            create_table: false,
         },
+        idempotency_ttl: std::time::Duration::from_secs(300),
     };
     crate::spawn(cfg()).unwrap();
     let count = || rt.block_on(raw(&client, &table)).len();
@@ -238,6 +240,7 @@ fn spawn_seeds_the_demo_workspace_once_and_writes_no_data_dir() {
         store: crate::StoreChoice::DynamoDb {
             client: client.clone(),
             table: unique_table(),
+            create_table: false,
         },
         ..cfg()
     };

@@ -32,6 +32,7 @@ pub(super) struct RawDynamoDb {
     region: Option<String>,
     endpoint: Option<String>,
     token_table: Option<String>,
+    backend_table: Option<String>,
     create_tables_on_start: Option<bool>,
     timeout_ms: Option<u64>,
 }
@@ -79,6 +80,8 @@ pub struct DynamoDbSettings {
     /// An endpoint override (a local DynamoDB-compatible server).
     pub endpoint: Option<String>,
     pub token_table: String,
+    /// The embedded backend's documents when `[backend] store = "dynamodb"`.
+    pub backend_table: String,
     pub create_tables_on_start: bool,
     pub timeout: Duration,
 }
@@ -91,6 +94,14 @@ impl DynamoDbSettings {
             region: self.region.clone(),
             endpoint: self.endpoint.clone(),
             timeout: self.timeout,
+        }
+    }
+
+    /// The client settings for the backend's table.
+    pub fn backend_store(&self) -> token_proxy::cache::dynamodb::DynamoSettings {
+        token_proxy::cache::dynamodb::DynamoSettings {
+            table: self.backend_table.clone(),
+            ..self.token_store()
         }
     }
 }
@@ -231,10 +242,26 @@ impl Validator<'_> {
                 "must be 3-255 characters of A-Z a-z 0-9 _ . -",
             ));
         }
+        let backend_table = raw
+            .backend_table
+            .unwrap_or_else(|| "cedargate-backend".to_string());
+        if !is_table_name(&backend_table) {
+            return Err(self.invalid(
+                "dynamodb.backend_table",
+                "must be 3-255 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
+        if backend_table == token_table {
+            return Err(self.invalid(
+                "dynamodb.backend_table",
+                "must differ from dynamodb.token_table",
+            ));
+        }
         Ok(DynamoDbSettings {
             region,
             endpoint,
             token_table,
+            backend_table,
             create_tables_on_start: raw.create_tables_on_start.unwrap_or(false),
             timeout: Duration::from_millis(self.range(
                 "dynamodb.timeout_ms",

@@ -72,6 +72,27 @@ fn sdk_error<E: std::error::Error>(op: &'static str, e: E) -> StoreError {
     StoreError::new(op, DisplayErrorContext(e).to_string())
 }
 
+/// An SDK client for `settings` (region, endpoint override, timeouts, two attempts per
+/// operation; credentials from the environment, or dummy ones for a local endpoint). The
+/// backend's DynamoDB store is built on the same client settings.
+pub fn client(settings: &DynamoSettings) -> Result<Client, StoreError> {
+    let timeouts = TimeoutConfig::builder()
+        .operation_timeout(settings.timeout)
+        .operation_attempt_timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .build();
+    let mut config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .credentials_provider(credentials(settings.endpoint.as_deref())?)
+        .timeout_config(timeouts)
+        .retry_config(RetryConfig::standard().with_max_attempts(2));
+    if let Some(endpoint) = &settings.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    Ok(Client::from_conf(config.build()))
+}
+
 fn credentials(endpoint: Option<&str>) -> Result<Credentials, StoreError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
@@ -104,22 +125,8 @@ fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
 impl DynamoStore {
     /// A client for `settings` (no network traffic yet).
     pub fn connect(settings: &DynamoSettings) -> Result<DynamoStore, StoreError> {
-        let timeouts = TimeoutConfig::builder()
-            .operation_timeout(settings.timeout)
-            .operation_attempt_timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .build();
-        let mut config = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(settings.region.clone()))
-            .credentials_provider(credentials(settings.endpoint.as_deref())?)
-            .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(2));
-        if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
         Ok(DynamoStore {
-            client: Client::from_conf(config.build()),
+            client: client(settings)?,
             table: settings.table.clone(),
         })
     }
