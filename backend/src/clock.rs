@@ -22,8 +22,23 @@ pub fn now() -> String {
 }
 
 /// The time `days` days ago.
+#[cfg(test)]
 pub fn days_ago(days: i64) -> String {
     format(OffsetDateTime::now_utc() - Duration::days(days))
+}
+
+/// When the current calendar `period` began, in UTC: `weekly` on Monday 00:00, `monthly` on
+/// the 1st at 00:00; `None` for `all-time`.
+pub fn period_start(period: &str) -> Option<String> {
+    let now = OffsetDateTime::now_utc();
+    let midnight = now.replace_time(time::Time::MIDNIGHT);
+    match period {
+        "weekly" => Some(format(
+            midnight - Duration::days(i64::from(now.weekday().number_days_from_monday())),
+        )),
+        "monthly" => midnight.replace_day(1).ok().map(format),
+        _ => None,
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -43,5 +58,19 @@ mod tests {
         assert_eq!(now.len(), 24, "{now}");
         assert!(now.ends_with('Z') && now.as_bytes()[10] == b'T');
         assert!(old < now);
+    }
+
+    #[test]
+    fn periods_start_at_midnight_on_monday_and_the_first() {
+        let week = super::period_start("weekly").unwrap();
+        let month = super::period_start("monthly").unwrap();
+        let now = super::now();
+        assert!(week.ends_with("T00:00:00.000Z") && week <= now, "{week}");
+        assert!(
+            month.ends_with("-01T00:00:00.000Z") && month <= now,
+            "{month}"
+        );
+        assert!(super::days_ago(7) < week);
+        assert_eq!(super::period_start("all-time"), None);
     }
 }

@@ -5,7 +5,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::error::ApiError;
 use crate::handlers::validate as spec;
-use crate::handlers::{Area, Ctx, Reply, Verb, content, points, users};
+use crate::handlers::{Area, Ctx, Reply, Verb, catalog, content, gamify, points, users};
 use crate::store::{self, Store};
 
 /// Where a path points: `/{app|dashboard}/v1/workspaces/{workspaceId}/{rest...}`.
@@ -64,55 +64,93 @@ pub fn target(path: &str) -> Result<Target, ApiError> {
 pub async fn dispatch(s: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
     use Area::{App, Dashboard as Dash, Internal};
     use Verb::{Delete, Get, Post, Put};
+    use store::{
+        BADGES, CATALOG, CATEGORIES, GROUPS, LEADERBOARDS, LEARNING_PATHS, LEVELS, MISSIONS, USERS,
+    };
     let rest: Vec<&str> = cx.rest.iter().map(String::as_str).collect();
     match (cx.area, cx.verb, rest.as_slice()) {
         // App: end users.
-        (App, Get, ["missions"]) => content::list(s, cx, store::MISSIONS).await,
-        (App, Get, ["missions", id]) => content::get(s, cx, store::MISSIONS, id).await,
-        (App, Post, ["missions", id, "complete"]) => points::complete_mission(s, cx, id).await,
-        (App, Get, ["badges"]) => content::list(s, cx, store::BADGES).await,
+        (App, Get, ["me"]) => points::me(s, cx).await,
+        (App, Get, ["me", "activities"]) => gamify::activities(s, cx, true).await,
+        (App, Get, ["missions"]) => content::list(s, cx, MISSIONS).await,
+        (App, Get, ["missions", id]) => gamify::mission_for_user(s, cx, id).await,
+        (App, Post, ["missions", id, "participations"]) => gamify::join(s, cx, id).await,
+        (App, Post, ["missions", id, "activities"]) => gamify::record_activity(s, cx, id).await,
+        (App, Post, ["missions", id, "complete"]) => gamify::complete(s, cx, id).await,
+        (App, Get, ["badges"]) => content::list(s, cx, BADGES).await,
         (App, Get, ["levels"]) => content::levels(s, cx).await,
         (App, Get, ["points"]) => points::mine(s, cx).await,
         (App, Post, ["points"]) => points::award(s, cx).await,
-        (App, Get, ["groups"]) => content::list(s, cx, store::GROUPS).await,
+        (App, Get, ["groups"]) => content::list(s, cx, GROUPS).await,
         (App, Get, ["catalog"]) => content::catalog_list(s, cx).await,
         (App, Get, ["catalog", id]) => content::catalog_item(s, cx, id).await,
+        (App, Get, ["categories"]) => content::list(s, cx, CATEGORIES).await,
+        (App, Get, ["learning-paths"]) => catalog::list_paths(s, cx).await,
+        (App, Get, ["learning-paths", id]) => catalog::get_path(s, cx, id).await,
         (App, Get, ["leaderboards"]) => points::leaderboards(s, cx).await,
         (App, Get, ["leaderboards", id]) => points::leaderboard(s, cx, id).await,
+        (App, Get, ["leaderboards", id, "around-me"]) => points::around_me(s, cx, id).await,
         (App, Get, ["premium-content"]) => content::premium(s, cx, None).await,
         (App, Get, ["premium-content", id]) => content::premium(s, cx, Some(id)).await,
 
         // Dashboard: reads.
-        (Dash, Get, ["missions"]) => content::list(s, cx, store::MISSIONS).await,
+        (Dash, Get, ["missions"]) => content::list(s, cx, MISSIONS).await,
+        (Dash, Get, ["missions", id]) => content::get(s, cx, MISSIONS, id).await,
+        (Dash, Get, ["missions", id, "participants"]) => gamify::participants(s, cx, id).await,
         (Dash, Get, ["leaderboards"]) => points::leaderboards(s, cx).await,
-        (Dash, Get, ["badges"]) => content::list(s, cx, store::BADGES).await,
+        (Dash, Get, ["leaderboards", id]) => points::leaderboard(s, cx, id).await,
+        (Dash, Get, ["badges"]) => content::list(s, cx, BADGES).await,
+        (Dash, Get, ["levels"]) => content::levels(s, cx).await,
         (Dash, Get, ["catalog"]) => content::catalog_list(s, cx).await,
-        (Dash, Get, ["users"]) => content::list(s, cx, store::USERS).await,
+        (Dash, Get, ["catalog", id]) => content::get(s, cx, CATALOG, id).await,
+        (Dash, Get, ["categories"]) => content::list(s, cx, CATEGORIES).await,
+        (Dash, Get, ["learning-paths"]) => catalog::list_paths(s, cx).await,
+        (Dash, Get, ["learning-paths", id]) => catalog::get_path(s, cx, id).await,
+        (Dash, Get, ["users"]) => content::list(s, cx, USERS).await,
         (Dash, Get, ["users", id]) => users::get(s, cx, id).await,
-        (Dash, Get, ["groups"]) => content::list(s, cx, store::GROUPS).await,
+        (Dash, Get, ["groups"]) => content::list(s, cx, GROUPS).await,
+        (Dash, Get, ["groups", id]) => content::get(s, cx, GROUPS, id).await,
+        (Dash, Get, ["activities"]) => gamify::activities(s, cx, false).await,
+        (Dash, Get, ["points", "ledger"]) => points::ledger(s, cx).await,
         (Dash, Get, ["departments", id, "reports"]) => users::report(s, cx, id).await,
 
         // Dashboard: content writes.
-        (Dash, Post, ["missions"]) => content::create(s, cx, store::MISSIONS, spec::MISSION).await,
+        (Dash, Post, ["missions"]) => content::create(s, cx, MISSIONS, spec::MISSION).await,
+        (Dash, Put, ["missions", id]) => content::update(s, cx, MISSIONS, id, spec::MISSION).await,
+        (Dash, Delete, ["missions", id]) => content::remove(s, cx, MISSIONS, id).await,
         (Dash, Post, ["leaderboards"]) => {
-            content::create(s, cx, store::LEADERBOARDS, spec::LEADERBOARD).await
+            content::create(s, cx, LEADERBOARDS, spec::LEADERBOARD).await
         }
-        (Dash, Post, ["badges"]) => content::create(s, cx, store::BADGES, spec::BADGE).await,
-        (Dash, Post, ["catalog"]) => {
-            content::create(s, cx, store::CATALOG, spec::CATALOG_ITEM).await
+        (Dash, Put, ["leaderboards", id]) => {
+            content::update(s, cx, LEADERBOARDS, id, spec::LEADERBOARD).await
         }
-        (Dash, Put, ["missions", id]) => {
-            content::update(s, cx, store::MISSIONS, id, spec::MISSION).await
+        (Dash, Delete, ["leaderboards", id]) => content::remove(s, cx, LEADERBOARDS, id).await,
+        (Dash, Post, ["badges"]) => gamify::create_badge(s, cx).await,
+        (Dash, Put, ["badges", id]) => gamify::update_badge(s, cx, id).await,
+        (Dash, Delete, ["badges", id]) => content::remove(s, cx, BADGES, id).await,
+        (Dash, Post, ["levels"]) => content::create(s, cx, LEVELS, spec::LEVEL).await,
+        (Dash, Put, ["levels", id]) => content::update(s, cx, LEVELS, id, spec::LEVEL).await,
+        (Dash, Delete, ["levels", id]) => content::remove(s, cx, LEVELS, id).await,
+        (Dash, Post, ["catalog"]) => content::create(s, cx, CATALOG, spec::CATALOG_ITEM).await,
+        (Dash, Put, ["catalog", id]) => {
+            content::update(s, cx, CATALOG, id, spec::CATALOG_ITEM).await
         }
-        (Dash, Put, ["levels", id]) => content::update(s, cx, store::LEVELS, id, spec::LEVEL).await,
-        (Dash, Delete, ["missions", id]) => content::remove(s, cx, store::MISSIONS, id).await,
-        (Dash, Delete, ["catalog", id]) => content::remove(s, cx, store::CATALOG, id).await,
+        (Dash, Delete, ["catalog", id]) => content::remove(s, cx, CATALOG, id).await,
+        (Dash, Post, ["categories"]) => catalog::create_category(s, cx, spec::CATEGORY).await,
+        (Dash, Put, ["categories", id]) => {
+            content::update(s, cx, CATEGORIES, id, spec::CATEGORY).await
+        }
+        (Dash, Delete, ["categories", id]) => content::remove(s, cx, CATEGORIES, id).await,
+        (Dash, Post, ["learning-paths"]) => catalog::create_path(s, cx).await,
+        (Dash, Put, ["learning-paths", id]) => catalog::update_path(s, cx, id).await,
+        (Dash, Delete, ["learning-paths", id]) => content::remove(s, cx, LEARNING_PATHS, id).await,
 
         // Dashboard: administration.
         (Dash, Post, ["users"]) => users::create(s, cx).await,
-        (Dash, Post, ["groups"]) => content::create(s, cx, store::GROUPS, spec::GROUP).await,
+        (Dash, Post, ["groups"]) => content::create(s, cx, GROUPS, spec::GROUP).await,
+        (Dash, Put, ["groups", id]) => content::update(s, cx, GROUPS, id, spec::GROUP).await,
+        (Dash, Delete, ["groups", id]) => content::remove(s, cx, GROUPS, id).await,
         (Dash, Post, ["points", "adjustments"]) => points::adjust(s, cx).await,
-        (Dash, Put, ["groups", id]) => content::update(s, cx, store::GROUPS, id, spec::GROUP).await,
         (Dash, Delete, ["users", id]) => users::remove(s, cx, id).await,
         (Dash, Put, ["users", id, "role"]) => users::set_role(s, cx, id).await,
         (Dash, Delete, []) => users::delete_workspace(s, cx).await,

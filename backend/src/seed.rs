@@ -4,8 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::store::{
-    BADGES, BALANCES, CATALOG, COMPLETIONS, DEPARTMENTS, Document, GROUPS, LEADERBOARDS, LEDGER,
-    LEVELS, MISSIONS, PREMIUM, USERS, completion_id,
+    BADGES, BALANCES, CATALOG, CATEGORIES, COMPLETIONS, DEPARTMENTS, Document, GROUPS,
+    LEADERBOARDS, LEARNING_PATHS, LEDGER, LEVELS, LEVELS_REACHED, MISSIONS, PREMIUM, USER_BADGES,
+    USERS, completion_id,
 };
 
 /// The seeded workspace.
@@ -61,12 +62,14 @@ pub fn demo() -> Vec<Document> {
     add(
         BADGES,
         "badge-starter",
-        json!({"name": "Starter", "description": "Completed the welcome mission."}),
+        json!({"name": "Starter", "description": "Completed the welcome mission.",
+               "trigger": "mission_completed", "missionId": "mission-welcome"}),
     );
     add(
         BADGES,
         "badge-scholar",
-        json!({"name": "Scholar", "description": "Reached level 3."}),
+        json!({"name": "Scholar", "description": "Reached level 3.",
+               "trigger": "level_reached", "levelId": "level-3"}),
     );
     for (id, name, threshold) in [
         ("level-1", "Beginner", 0),
@@ -82,6 +85,11 @@ pub fn demo() -> Vec<Document> {
     );
     add(
         LEADERBOARDS,
+        "leaderboard-monthly",
+        json!({"name": "This month", "period": "monthly"}),
+    );
+    add(
+        LEADERBOARDS,
         "leaderboard-all-time",
         json!({"name": "All time", "period": "all-time"}),
     );
@@ -90,21 +98,21 @@ pub fn demo() -> Vec<Document> {
         CATALOG,
         "item-intro",
         json!({"title": "Introduction", "description": "Start here.", "type": "article",
-               "tier": "free", "category": "onboarding",
+               "tier": "free", "category": "onboarding", "tags": ["basics"], "language": "en",
                "body": "Welcome to the learning catalog."}),
     );
     add(
         CATALOG,
         "item-safety",
         json!({"title": "Workplace safety", "description": "The basics.", "type": "video",
-               "tier": "free", "category": "compliance",
+               "tier": "free", "category": "compliance", "tags": ["basics", "safety"], "language": "en",
                "body": "Keep walkways clear and report hazards."}),
     );
     add(
         CATALOG,
         "item-advanced-sql",
         json!({"title": "Advanced SQL", "description": "Joins, windows and injection.",
-               "type": "article", "tier": "free", "category": "engineering",
+               "type": "article", "tier": "free", "category": "engineering", "tags": ["sql"], "language": "en",
                "body": "SELECT name FROM users WHERE id = 1 OR 1=1; -- why parameters matter. \
                         DROP TABLE students; UNION SELECT password FROM accounts"}),
     );
@@ -112,8 +120,23 @@ pub fn demo() -> Vec<Document> {
         CATALOG,
         "item-masterclass",
         json!({"title": "Leadership masterclass", "description": "For premium members.",
-               "type": "course", "tier": "premium", "category": "leadership",
+               "type": "course", "tier": "premium", "category": "leadership", "tags": ["management"], "language": "en",
                "body": "Module 1: leading through change."}),
+    );
+    for (id, name) in [
+        ("onboarding", "Onboarding"),
+        ("compliance", "Compliance"),
+        ("engineering", "Engineering"),
+        ("leadership", "Leadership"),
+    ] {
+        add(CATEGORIES, id, json!({"name": name}));
+    }
+    add(
+        LEARNING_PATHS,
+        "path-new-starter",
+        json!({"title": "New starter", "description": "The first week.",
+               "itemIds": ["item-intro", "item-safety"], "language": "en",
+               "category": "onboarding"}),
     );
     add(
         PREMIUM,
@@ -193,6 +216,26 @@ pub fn demo() -> Vec<Document> {
             &format!("ledger-seed-{ledger}"),
             json!({"userId": user, "points": points, "reason": reason, "balance": balance}),
         );
+    }
+    // What the engine would have recorded for these completions and balances.
+    for user in ["u-manager", "u-member", "u-admin"] {
+        add(
+            USER_BADGES,
+            &completion_id(user, "badge-starter"),
+            json!({"badgeId": "badge-starter", "userId": user, "name": "Starter",
+                   "awardedAt": now}),
+        );
+    }
+    for &(user, balance) in &balances {
+        for (level, threshold) in [("level-1", 0), ("level-2", 100), ("level-3", 500)] {
+            if balance >= threshold {
+                add(
+                    LEVELS_REACHED,
+                    &completion_id(user, level),
+                    json!({"levelId": level, "userId": user, "reachedAt": now}),
+                );
+            }
+        }
     }
     for (user, balance) in balances {
         out.push(Document {

@@ -142,8 +142,9 @@ fn is_premium(doc: &Value) -> bool {
 const NOT_PREMIUM: ApiError =
     ApiError::Forbidden("premium content needs a premium subscription or a manager role");
 
-/// The catalog, filtered by `tier` and `category`. For callers without premium access, premium
-/// items are listed as locked teasers without their `body`, and `tier=premium` is refused.
+/// The catalog, filtered by `tier`, `category`, `type`, `tag` and `language`. For callers
+/// without premium access, premium items are listed as locked teasers without their `body`,
+/// and `tier=premium` is refused.
 pub async fn catalog_list(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
     let page = PageParams::from_query(&cx.query)?;
     let tier = cx.query.get("tier");
@@ -156,25 +157,40 @@ pub async fn catalog_list(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError
     if tier == Some("premium") && !entitled {
         return Err(NOT_PREMIUM);
     }
-    let category = cx.query.get("category");
+    let field_is = |name: &'static str| {
+        let wanted = cx.query.get(name);
+        move |doc: &Value| wanted.is_none_or(|w| str_of(doc, name) == Some(w))
+    };
+    let (category, kind, language) = (field_is("category"), field_is("type"), field_is("language"));
+    let tag = cx.query.get("tag");
     let items = store
         .list(&cx.ws, store::CATALOG)
         .await?
         .into_iter()
         .filter(|(_, doc)| tier.is_none_or(|t| str_of(doc, "tier").unwrap_or("free") == t))
-        .filter(|(_, doc)| category.is_none_or(|c| str_of(doc, "category") == Some(c)))
-        .map(|(id, mut doc)| {
-            if !entitled
-                && is_premium(&doc)
-                && let Some(map) = doc.as_object_mut()
-            {
-                map.remove("body");
-                map.insert("locked".into(), Value::Bool(true));
-            }
-            (id, doc)
+        .filter(|(_, doc)| category(doc) && kind(doc) && language(doc))
+        .filter(|(_, doc)| {
+            tag.is_none_or(|t| {
+                doc.get("tags")
+                    .and_then(Value::as_array)
+                    .is_some_and(|tags| tags.iter().any(|x| x.as_str() == Some(t)))
+            })
         })
+        .map(|(id, doc)| (id, teaser(doc, entitled)))
         .collect();
     Reply::ok(paginate(items, &page))
+}
+
+/// A premium item without its `body` and marked `locked`, for callers without access.
+pub fn teaser(mut doc: Value, entitled: bool) -> Value {
+    if !entitled
+        && is_premium(&doc)
+        && let Some(map) = doc.as_object_mut()
+    {
+        map.remove("body");
+        map.insert("locked".into(), Value::Bool(true));
+    }
+    doc
 }
 
 /// One catalog item; a premium one only for callers with premium access.

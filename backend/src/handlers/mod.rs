@@ -1,7 +1,9 @@
 //! What every handler shares: the request context, the reply, query parameters, pagination and
 //! the JSON body.
 
+pub mod catalog;
 pub mod content;
+pub mod gamify;
 pub mod points;
 pub mod users;
 pub mod validate;

@@ -20,6 +20,8 @@ pub enum Kind {
     Email,
     /// A list of at most `.0` strings of at most `.1` characters.
     TextList(usize, usize),
+    /// `true` or `false`.
+    Bool,
 }
 
 /// The value a field gets on create when the body leaves it out.
@@ -31,6 +33,8 @@ pub enum Fallback {
     Str(&'static str),
     /// This integer.
     Int(i64),
+    /// This boolean.
+    Bool(bool),
 }
 
 /// One writable field.
@@ -78,8 +82,17 @@ const POINTS_MAX: i64 = 1_000_000;
 
 /// The statuses a mission can have (only `active` missions can be completed).
 pub const MISSION_STATUSES: &[&str] = &["active", "draft", "archived"];
-/// The leaderboard periods.
-pub const PERIODS: &[&str] = &["weekly", "all-time"];
+/// The leaderboard periods: calendar weeks (Monday, UTC) and months, or everything.
+pub const PERIODS: &[&str] = &["weekly", "monthly", "all-time"];
+/// What awards a badge (`manual`: only a manager's grant).
+pub const BADGE_TRIGGERS: &[&str] = &[
+    "manual",
+    "mission_completed",
+    "missions_completed",
+    "level_reached",
+    "points_reached",
+];
+const ID: Kind = Kind::Text(128);
 /// The catalog tiers.
 pub const TIERS: &[&str] = &["free", "premium"];
 
@@ -101,14 +114,23 @@ pub const BADGE: &[Field] = &[
     opt("description", DESCRIPTION),
     opt("icon", Kind::Text(500)),
     opt("criteria", DESCRIPTION),
+    or(
+        "trigger",
+        Kind::OneOf(BADGE_TRIGGERS),
+        Fallback::Str("manual"),
+    ),
+    opt("missionId", ID),
+    opt("levelId", ID),
+    opt("threshold", Kind::Int(1, i64::MAX)),
 ];
 /// Leaderboards.
 pub const LEADERBOARD: &[Field] = &[
     req("name", NAME),
     opt("description", DESCRIPTION),
     or("period", Kind::OneOf(PERIODS), Fallback::Str("all-time")),
+    opt("groupId", ID),
 ];
-/// Levels (update only).
+/// Levels.
 pub const LEVEL: &[Field] = &[
     req("name", NAME),
     opt("description", DESCRIPTION),
@@ -122,6 +144,27 @@ pub const CATALOG_ITEM: &[Field] = &[
     or("type", Kind::Text(50), Fallback::Str("article")),
     or("tier", Kind::OneOf(TIERS), Fallback::Str("free")),
     opt("category", Kind::Text(100)),
+    or("tags", Kind::TextList(20, 50), Fallback::Absent),
+    or("language", Kind::Text(16), Fallback::Str("en")),
+];
+/// Catalog categories.
+pub const CATEGORY: &[Field] = &[
+    req("name", NAME),
+    opt("description", DESCRIPTION),
+    opt("parentId", ID),
+];
+/// Learning paths: catalog items in order.
+pub const LEARNING_PATH: &[Field] = &[
+    req("title", NAME),
+    opt("description", DESCRIPTION),
+    req("itemIds", Kind::TextList(200, 128)),
+    or("language", Kind::Text(16), Fallback::Str("en")),
+    opt("category", Kind::Text(100)),
+];
+/// An activity a user reports on a mission.
+pub const ACTIVITY: &[Field] = &[
+    or("count", Kind::Int(1, 1000), Fallback::Int(1)),
+    opt("note", Kind::Text(500)),
 ];
 /// Groups.
 pub const GROUP: &[Field] = &[
@@ -144,11 +187,12 @@ pub const POINTS_AWARD: &[Field] = &[
     req("points", Kind::Int(1, POINTS_MAX)),
     req("reason", Kind::Text(500)),
 ];
-/// A manager's points adjustment (either sign).
+/// A manager's points adjustment (either sign); `allowNegative` lets the balance go below 0.
 pub const POINTS_ADJUSTMENT: &[Field] = &[
     req("userId", Kind::Text(128)),
     req("points", Kind::Int(-POINTS_MAX, POINTS_MAX)),
     req("reason", Kind::Text(500)),
+    or("allowNegative", Kind::Bool, Fallback::Bool(false)),
 ];
 
 /// Whether the body creates a document (required fields, defaults) or patches one.
@@ -208,6 +252,9 @@ pub fn check(
                     Fallback::Int(n) => {
                         out.insert(f.name.to_owned(), Value::from(n));
                     }
+                    Fallback::Bool(b) => {
+                        out.insert(f.name.to_owned(), Value::from(b));
+                    }
                 }
             }
             Some(v) => match check_value(v, f) {
@@ -252,6 +299,10 @@ fn check_value(v: &Value, f: &Field) -> Result<Value, String> {
             Some(s) if allowed.contains(&s) => Ok(Value::from(s)),
             _ => Err(format!("must be one of: {}", allowed.join(", "))),
         },
+        Kind::Bool => v
+            .as_bool()
+            .map(Value::from)
+            .ok_or_else(|| "must be true or false".to_owned()),
         Kind::TextList(max_items, max_len) => {
             let Some(items) = v.as_array() else {
                 return Err("must be a list of strings".to_owned());

@@ -53,6 +53,33 @@ pub const LEDGER: &str = "ledger";
 /// Mission completions, keyed by [`completion_id`].
 pub const COMPLETIONS: &str = "completions";
 
+/// A user's progress on a mission, keyed by [`completion_id`] (`progress`, `status`).
+pub const PARTICIPATIONS: &str = "participations";
+/// The activity log, keyed by [`log_key`] so ids ascend from the newest entry.
+pub const ACTIVITIES: &str = "activities";
+/// Badges a user earned, keyed by [`completion_id`] of user and badge (awarded once).
+pub const USER_BADGES: &str = "user-badges";
+/// Levels a user reached at least once, keyed by [`completion_id`] of user and level.
+pub const LEVELS_REACHED: &str = "levels-reached";
+/// Catalog categories.
+pub const CATEGORIES: &str = "categories";
+/// Learning paths (ordered catalog items).
+pub const LEARNING_PATHS: &str = "learning-paths";
+
+/// A key that sorts newer entries first (inverted milliseconds, then a random suffix), for
+/// logs listed newest first by plain key order.
+pub fn log_key() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!(
+        "{:013}-{}",
+        9_999_999_999_999u64.saturating_sub(ms),
+        nanoid::nanoid!(10)
+    )
+}
+
 /// The completion key of `user` on `mission`; length-prefixed so no two pairs collide.
 pub fn completion_id(user: &str, mission: &str) -> String {
     format!("{}:{user}:{mission}", user.len())
