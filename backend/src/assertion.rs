@@ -71,6 +71,12 @@ pub struct Assertion {
     /// The M2M principal that impersonates `user_id`, when delegated.
     #[serde(rename = "impersonatedBy", default)]
     pub impersonated_by: Option<String>,
+    /// The delegated user's language (from the directory), when delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+    /// The delegated user's time zone (from the directory), when delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 impl Assertion {

@@ -40,6 +40,8 @@ pub fn assertion(method: &str, path: &str, ws: &str) -> Assertion {
         onboarding_completed: true,
         context: Some("app".into()),
         impersonated_by: None,
+        lang: None,
+        timezone: None,
     }
 }
 

@@ -546,17 +546,8 @@ impl Validator<'_> {
                 }
             }
             "external" => {
-                for (key, set) in [
-                    ("backend.store", raw.backend.store.is_some()),
-                    (
-                        "backend.idempotency_ttl_seconds",
-                        raw.backend.idempotency_ttl_seconds.is_some(),
-                    ),
-                ] {
-                    if set {
-                        return Err(self.invalid(key, "only valid with mode = \"embedded\""));
-                    }
-                }
+                // `store` and `idempotency_ttl_seconds` describe the embedded backend; the
+                // default file carries them, so they are accepted here and have no effect.
                 let Some(address) = raw.backend.address else {
                     return Err(
                         self.invalid("backend.address", "required with mode = \"external\"")

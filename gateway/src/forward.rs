@@ -91,11 +91,12 @@ impl AssertionSigner {
     }
 
     /// Sign the identity for one request.
-    /// `acting_for` is the user an M2M caller impersonates (`X-User-ID`), when allowed.
+    /// `acting_for` is the user an M2M caller impersonates (`X-User-ID`), when allowed, as the
+    /// directory describes them.
     pub fn sign(
         &self,
         identity: &Identity,
-        acting_for: Option<&str>,
+        acting_for: Option<&crate::delegation::DelegatedUser>,
         method: &str,
         path: &str,
         request_id: &str,
@@ -116,7 +117,7 @@ impl AssertionSigner {
             scope: identity.scopes.join(" "),
             client_id: identity.client_id.clone(),
             user_id: match acting_for {
-                Some(user) => Some(user.to_string()),
+                Some(user) => Some(user.user_id.clone()),
                 None => identity.user_id.clone().or_else(|| identity.sub.clone()),
             },
             department: identity.department.clone(),
@@ -124,6 +125,8 @@ impl AssertionSigner {
             onboarding_completed: identity.onboarding_completed,
             context: identity.context.clone(),
             impersonated_by: acting_for.map(|_| identity.principal_id.clone()),
+            lang: acting_for.and_then(|u| u.lang.clone()),
+            timezone: acting_for.and_then(|u| u.timezone.clone()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).ok()
     }

@@ -81,6 +81,8 @@ pub struct RequestCtx {
     pub resource: Option<String>,
     pub identity: Option<Arc<Identity>>,
     pub impersonated: Option<String>,
+    /// The user a delegated request acts for, as the directory describes them.
+    pub delegated: Option<std::sync::Arc<crate::delegation::DelegatedUser>>,
     pub outcome: Option<Outcome>,
     pub rejected: Option<GatewayError>,
     pub authn: Duration,
@@ -109,6 +111,7 @@ impl RequestCtx {
             resource: None,
             identity: None,
             impersonated: None,
+            delegated: None,
             outcome: None,
             rejected: None,
             authn: Duration::ZERO,
@@ -328,6 +331,7 @@ impl Gateway {
         let allowed = outcome.decision.allowed;
         ctx.outcome = Some(outcome);
         ctx.impersonated = impersonated;
+        ctx.delegated = delegated;
         if !allowed {
             return Err(GatewayError::Forbidden);
         }
@@ -483,7 +487,7 @@ impl ProxyHttp for Gateway {
             .signer
             .sign(
                 identity,
-                ctx.impersonated.as_deref(),
+                ctx.delegated.as_deref(),
                 &ctx.method,
                 &ctx.path,
                 &ctx.request_id,

@@ -117,6 +117,113 @@ fn routes() -> Vec<Route> {
             json!({}),
         ),
         write("POST", "app", "/points", AppM2mOnly, points.clone()),
+        route("GET", "app", "/me", AppRead),
+        route("GET", "app", "/me/activities", AppRead),
+        route("GET", "app", "/categories", AppRead),
+        route("GET", "app", "/learning-paths", AppRead),
+        route("GET", "app", "/learning-paths/path-new-starter", AppRead),
+        route(
+            "GET",
+            "app",
+            "/leaderboards/leaderboard-weekly/around-me",
+            AppRead,
+        ),
+        write(
+            "POST",
+            "app",
+            "/missions/mission-streak/participations",
+            AppWrite,
+            json!({}),
+        ),
+        write(
+            "POST",
+            "app",
+            "/missions/mission-streak/activities",
+            AppWrite,
+            json!({"count": 1}),
+        ),
+        route("GET", "dashboard", "/missions/mission-welcome", DashRead),
+        route(
+            "GET",
+            "dashboard",
+            "/missions/mission-welcome/participants",
+            DashRead,
+        ),
+        route(
+            "GET",
+            "dashboard",
+            "/leaderboards/leaderboard-weekly",
+            DashRead,
+        ),
+        route("GET", "dashboard", "/levels", DashRead),
+        route("GET", "dashboard", "/catalog/item-intro", DashRead),
+        route("GET", "dashboard", "/categories", DashRead),
+        route("GET", "dashboard", "/learning-paths", DashRead),
+        route(
+            "GET",
+            "dashboard",
+            "/learning-paths/path-new-starter",
+            DashRead,
+        ),
+        route("GET", "dashboard", "/groups/group-engineering", DashRead),
+        route("GET", "dashboard", "/activities", DashRead),
+        route("GET", "dashboard", "/points/ledger", DashRead),
+        write(
+            "PUT",
+            "dashboard",
+            "/leaderboards/leaderboard-weekly",
+            DashContent,
+            renamed.clone(),
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/badges/badge-starter",
+            DashContent,
+            renamed.clone(),
+        ),
+        write(
+            "POST",
+            "dashboard",
+            "/levels",
+            DashContent,
+            json!({"name": "t", "threshold": 5000}),
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/catalog/item-intro",
+            DashContent,
+            json!({"title": "t2"}),
+        ),
+        write(
+            "POST",
+            "dashboard",
+            "/categories",
+            DashContent,
+            named.clone(),
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/categories/onboarding",
+            DashContent,
+            renamed.clone(),
+        ),
+        write(
+            "POST",
+            "dashboard",
+            "/learning-paths",
+            DashContent,
+            json!({"title": "t", "itemIds": ["item-intro"]}),
+        ),
+        write(
+            "PUT",
+            "dashboard",
+            "/learning-paths/path-new-starter",
+            DashContent,
+            json!({"title": "t2"}),
+        ),
         route("GET", "dashboard", "/missions", DashRead),
         route("GET", "dashboard", "/leaderboards", DashRead),
         route("GET", "dashboard", "/badges", DashRead),
@@ -180,6 +287,16 @@ fn routes() -> Vec<Route> {
         destroy("dashboard", "/missions/mission-streak", DashContent),
         destroy("dashboard", "/catalog/item-masterclass", DashContent),
         destroy("dashboard", "/users/u-viewer", DashAdmin),
+        destroy(
+            "dashboard",
+            "/leaderboards/leaderboard-monthly",
+            DashContent,
+        ),
+        destroy("dashboard", "/badges/badge-scholar", DashContent),
+        destroy("dashboard", "/levels/level-3", DashContent),
+        destroy("dashboard", "/categories/leadership", DashContent),
+        destroy("dashboard", "/learning-paths/path-new-starter", DashContent),
+        destroy("dashboard", "/groups/group-sales", DashAdmin),
     ]
 }
 
@@ -461,4 +578,40 @@ async fn humans_reach_the_dashboard_only_with_dashboard_context() {
         }
     }
     report("dashboard context", &failures, total);
+}
+
+/// The matrix above names every route of `policies/routes.toml` (but deleting the workspace),
+/// so a route added without a matrix row fails here.
+#[test]
+fn the_matrix_covers_every_route() {
+    let text = std::fs::read_to_string(e2e_tests::workspace_root().join("policies/routes.toml"))
+        .expect("read routes.toml");
+    let table: toml::Value = toml::from_str(&text).expect("parse routes.toml");
+    let rows = routes();
+    let mut missing = Vec::new();
+    for r in table["routes"].as_array().expect("[[routes]]") {
+        let method = r["method"].as_str().unwrap_or_default();
+        let path = r["path"].as_str().unwrap_or_default();
+        let template: Vec<&str> = path.split('/').collect();
+        if method == "DELETE" && path.ends_with("/{workspaceId}") {
+            continue;
+        }
+        let covered = rows.iter().any(|row| {
+            let concrete = row.path(DEMO_WS);
+            let segments: Vec<&str> = concrete.split('/').collect();
+            row.method == method
+                && segments.len() == template.len()
+                && segments
+                    .iter()
+                    .zip(&template)
+                    .all(|(s, t)| t.starts_with('{') || s == t)
+        });
+        if !covered {
+            missing.push(format!("{method} {path}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "routes without a matrix row: {missing:#?}"
+    );
 }

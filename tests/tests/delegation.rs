@@ -40,6 +40,9 @@ async fn m2m_clients_act_for_users_of_their_workspace_only() {
     assert_eq!(claims["userId"], "u-alice", "{a}");
     assert_eq!(claims["impersonatedBy"], "svc-e2e", "{a}");
     assert_eq!(claims["sub"], "svc-e2e", "{a}");
+    // The identity is enriched from the directory.
+    assert_eq!(claims["lang"], "fr", "{a}");
+    assert_eq!(claims["timezone"], "Europe/Paris", "{a}");
     // The directory answer is cached: a second request makes no second lookup.
     let lookups = seen.lookups.load(Ordering::SeqCst);
     send(
