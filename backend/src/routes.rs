@@ -151,6 +151,7 @@ pub async fn dispatch(s: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
         (Dash, Put, ["groups", id]) => content::update(s, cx, GROUPS, id, spec::GROUP).await,
         (Dash, Delete, ["groups", id]) => content::remove(s, cx, GROUPS, id).await,
         (Dash, Post, ["points", "adjustments"]) => points::adjust(s, cx).await,
+        (Dash, Put, ["users", id]) => content::update(s, cx, USERS, id, spec::USER_UPDATE).await,
         (Dash, Delete, ["users", id]) => users::remove(s, cx, id).await,
         (Dash, Put, ["users", id, "role"]) => users::set_role(s, cx, id).await,
         (Dash, Delete, []) => users::delete_workspace(s, cx).await,

@@ -118,7 +118,7 @@ impl Directory {
         let key = (ws.to_string(), user.to_string());
         if let Some(found) = self.found.get(&key).await {
             crate::metrics::cache_lookup("delegation", true);
-            return Ok(Some(found));
+            return active(found).map(Some);
         }
         if self.absent.get(&key).await.is_some() {
             crate::metrics::cache_lookup("delegation", true);
@@ -129,7 +129,7 @@ impl Directory {
             Some(found) if found.workspace_id == ws && found.user_id == user => {
                 let found = Arc::new(found);
                 self.found.insert(key, found.clone()).await;
-                Ok(Some(found))
+                active(found).map(Some)
             }
             _ => {
                 self.absent.insert(key, ()).await;
@@ -173,6 +173,16 @@ impl Directory {
                 Err(GatewayError::UpstreamUnavailable)
             }
         }
+    }
+}
+
+/// A user the directory lists with a status other than `active` cannot be acted for.
+fn active(user: Arc<DelegatedUser>) -> Result<Arc<DelegatedUser>, GatewayError> {
+    match user.status.as_deref() {
+        None | Some("active") => Ok(user),
+        Some(_) => Err(GatewayError::InvalidDelegation(
+            "X-User-ID names a user who is not active",
+        )),
     }
 }
 

@@ -262,6 +262,13 @@ fn routes() -> Vec<Route> {
             renamed.clone(),
         ),
         write("POST", "dashboard", "/users", DashAdmin, user),
+        write(
+            "PUT",
+            "dashboard",
+            "/users/u-member",
+            DashAdmin,
+            json!({"name": "Max"}),
+        ),
         write("POST", "dashboard", "/groups", DashAdmin, named),
         write(
             "POST",

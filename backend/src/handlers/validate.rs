@@ -172,12 +172,29 @@ pub const GROUP: &[Field] = &[
     opt("description", DESCRIPTION),
     opt("members", Kind::TextList(10_000, 128)),
 ];
+/// The statuses a user can have (only `active` users can be acted for by a client).
+pub const USER_STATUSES: &[&str] = &["active", "disabled"];
 /// Users.
 pub const USER: &[Field] = &[
     req("name", NAME),
     req("email", Kind::Email),
     or("role", Kind::OneOf(&ROLES), Fallback::Str("Member")),
     opt("department", Kind::Text(100)),
+    or("lang", Kind::Text(16), Fallback::Str("en")),
+    or("timezone", Kind::Text(64), Fallback::Str("UTC")),
+    or(
+        "status",
+        Kind::OneOf(USER_STATUSES),
+        Fallback::Str("active"),
+    ),
+];
+/// A user's profile change (the role has its own Owner-only route; the e-mail is the identity).
+pub const USER_UPDATE: &[Field] = &[
+    req("name", NAME),
+    opt("department", Kind::Text(100)),
+    req("lang", Kind::Text(16)),
+    req("timezone", Kind::Text(64)),
+    req("status", Kind::OneOf(USER_STATUSES)),
 ];
 /// A role change.
 pub const ROLE_CHANGE: &[Field] = &[req("role", Kind::OneOf(&ROLES))];
