@@ -753,6 +753,17 @@ async fn pages_cover_a_collection_without_gaps_or_duplicates() {
     assert_eq!(pages, 5);
     assert_eq!(seen.len(), 23, "no duplicates: {seen:?}");
     assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), created);
+    let tail = t
+        .ok(
+            &member,
+            "GET",
+            "app",
+            "/missions?limit=5&offset=20",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(ids(&tail["items"], "id"), seen[20..], "{tail}");
     t.call(&member, "GET", "app", "/missions?nextToken=garbage", None)
         .await
         .refused_as(400, "validation/invalid_input");

@@ -148,7 +148,11 @@ pub const MAX_LIMIT: usize = 100;
 pub struct PageParams {
     limit: usize,
     after: Option<String>,
+    offset: usize,
 }
+
+/// The largest `offset`.
+pub const MAX_OFFSET: usize = 10_000;
 
 impl PageParams {
     /// Read and check `limit` (1..=100, default 50) and `nextToken`.
@@ -171,16 +175,40 @@ impl PageParams {
                 decode_token(token).ok_or_else(|| ApiError::field("nextToken", "is not valid"))?,
             ),
         };
-        Ok(PageParams { limit, after })
+        let offset = match q.get("offset") {
+            None => 0,
+            Some(_) if after.is_some() => {
+                return Err(ApiError::field(
+                    "offset",
+                    "cannot be combined with nextToken",
+                ));
+            }
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if n <= MAX_OFFSET => n,
+                _ => {
+                    return Err(ApiError::field(
+                        "offset",
+                        format!("must be an integer from 0 to {MAX_OFFSET}"),
+                    ));
+                }
+            },
+        };
+        Ok(PageParams {
+            limit,
+            after,
+            offset,
+        })
     }
 }
 
 /// `{"items": [...], "nextToken": ...}` for one page of `items`, which must be sorted by key.
-/// The token names the last key served, so a page stays stable when items are added or removed.
+/// The token names the last key served, so a page stays stable when items are added or removed;
+/// `offset` (instead of a token) skips that many items first.
 pub fn paginate(items: Vec<(String, Value)>, p: &PageParams) -> Value {
     let mut rest = items
         .into_iter()
         .skip_while(|(k, _)| p.after.as_ref().is_some_and(|after| k <= after))
+        .skip(p.offset)
         .peekable();
     let mut page = Vec::with_capacity(p.limit.min(16));
     let mut last = None;
@@ -278,6 +306,18 @@ mod tests {
         assert_eq!(seen, (0..20).map(|i| json!(i)).collect::<Vec<_>>());
         let exact = paginate(items(7), &params("limit=7").unwrap());
         assert_eq!(exact["nextToken"], Value::Null);
+        let skipped = paginate(items(20), &params("limit=3&offset=18").unwrap());
+        assert_eq!(skipped["items"], json!([18, 19]));
+        assert_eq!(skipped["nextToken"], Value::Null);
+        let middle = paginate(items(20), &params("limit=3&offset=5").unwrap());
+        assert_eq!(middle["items"], json!([5, 6, 7]));
+        // The token of an offset page continues after its last item.
+        let token = middle["nextToken"].as_str().unwrap().to_owned();
+        let next = paginate(
+            items(20),
+            &params(&format!("limit=3&nextToken={token}")).unwrap(),
+        );
+        assert_eq!(next["items"], json!([8, 9, 10]));
     }
 
     #[test]
@@ -291,6 +331,9 @@ mod tests {
             "nextToken=p1f",
             "nextToken=p1ff",
             "limit=5&limit=6",
+            "offset=-1",
+            "offset=10001",
+            "offset=2&nextToken=p16b",
         ] {
             assert_eq!(
                 params(q).err().map(|e| e.code()),
