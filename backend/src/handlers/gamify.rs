@@ -381,37 +381,64 @@ pub async fn participation(
         .await?)
 }
 
-/// `POST missions/{missionId}/participations`: join a mission (201); 409
-/// `resource/already_exists` when already joined.
-pub async fn join(store: &dyn Store, cx: &Ctx, mission_id: &str) -> Result<Reply, ApiError> {
-    optional_body(cx)?;
-    let actor = Actor::caller(cx);
+/// The mission, if the caller may still play it (it exists, is active and they have not
+/// completed it), with the caller's participation key.
+async fn playable(
+    store: &dyn Store,
+    cx: &Ctx,
+    actor: &Actor,
+    mission_id: &str,
+) -> Result<(Value, String), ApiError> {
     let mission = fetch(store, cx, store::MISSIONS, mission_id).await?;
     check_active(&mission, mission_id)?;
     let key = completion_id(&actor.user, mission_id);
     if store.get(&cx.ws, store::COMPLETIONS, &key).await?.is_some() {
         return Err(already_completed(mission_id));
     }
+    Ok((mission, key))
+}
+
+/// Create the caller's participation unless it exists (with its activity); whether it did.
+async fn start(
+    store: &dyn Store,
+    cx: &Ctx,
+    actor: &Actor,
+    mission_id: &str,
+    mission: &Value,
+    key: &str,
+) -> Result<Option<Value>, ApiError> {
     let doc = json!({
         "missionId": mission_id, "userId": actor.user, "progress": 0,
-        "targetCount": target_count(&mission), "status": "in_progress",
+        "targetCount": target_count(mission), "status": "in_progress",
         "joinedAt": crate::clock::now(),
     });
     if !store
-        .insert(&cx.ws, store::PARTICIPATIONS, &key, doc.clone())
+        .insert(&cx.ws, store::PARTICIPATIONS, key, doc.clone())
         .await?
     {
-        return Err(ApiError::AlreadyExists(format!(
-            "already participating in mission '{mission_id}'"
-        )));
+        return Ok(None);
     }
     log(
         store,
         &cx.ws,
-        activity("mission_joined", &actor, json!({"missionId": mission_id})),
+        activity("mission_joined", actor, json!({"missionId": mission_id})),
     )
     .await?;
-    Reply::created(doc)
+    Ok(Some(doc))
+}
+
+/// `POST missions/{missionId}/participations`: join a mission (201); 409
+/// `resource/already_exists` when already joined.
+pub async fn join(store: &dyn Store, cx: &Ctx, mission_id: &str) -> Result<Reply, ApiError> {
+    optional_body(cx)?;
+    let actor = Actor::caller(cx);
+    let (mission, key) = playable(store, cx, &actor, mission_id).await?;
+    match start(store, cx, &actor, mission_id, &mission, &key).await? {
+        Some(doc) => Reply::created(doc),
+        None => Err(ApiError::AlreadyExists(format!(
+            "already participating in mission '{mission_id}'"
+        ))),
+    }
 }
 
 /// `POST missions/{missionId}/activities`: record `count` activities towards the mission's
@@ -429,33 +456,9 @@ pub async fn record_activity(
     };
     let count = body.get("count").and_then(Value::as_i64).unwrap_or(1);
     let actor = Actor::caller(cx);
-    let mission = fetch(store, cx, store::MISSIONS, mission_id).await?;
-    check_active(&mission, mission_id)?;
-    let key = completion_id(&actor.user, mission_id);
-    if store.get(&cx.ws, store::COMPLETIONS, &key).await?.is_some() {
-        return Err(already_completed(mission_id));
-    }
+    let (mission, key) = playable(store, cx, &actor, mission_id).await?;
     let target = target_count(&mission);
-    let joined = store
-        .insert(
-            &cx.ws,
-            store::PARTICIPATIONS,
-            &key,
-            json!({
-                "missionId": mission_id, "userId": actor.user, "progress": 0,
-                "targetCount": target, "status": "in_progress",
-                "joinedAt": crate::clock::now(),
-            }),
-        )
-        .await?;
-    if joined {
-        log(
-            store,
-            &cx.ws,
-            activity("mission_joined", &actor, json!({"missionId": mission_id})),
-        )
-        .await?;
-    }
+    start(store, cx, &actor, mission_id, &mission, &key).await?;
     let progress = store
         .add_to_field(&cx.ws, store::PARTICIPATIONS, &key, "progress", count, 0)
         .await?
