@@ -4,6 +4,7 @@
 //! `spawn` is what the gateway calls; `serve` and `App` are the same service for tests and for
 //! callers that bring their own runtime and listener.
 
+pub mod api_schema;
 pub mod assertion;
 mod clock;
 pub mod error;

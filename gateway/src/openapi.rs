@@ -49,11 +49,40 @@ pub fn document(table: &RouteTable) -> Value {
                 "502": error_response("server/upstream_unavailable"),
             }
         });
+        let success = match method.as_str() {
+            "post" => "201",
+            "delete" => "204",
+            _ => "200",
+        };
+        if success != "200" {
+            let responses = op["responses"].as_object_mut().expect("an object");
+            let ok = responses.remove("200").unwrap_or(Value::Null);
+            responses.insert(
+                success.to_owned(),
+                if success == "204" {
+                    json!({"description": "done"})
+                } else {
+                    ok
+                },
+            );
+        }
         if has_body {
+            let (schema, required) =
+                backend::api_schema::request_body(route.method.as_str(), &route.template)
+                    .unwrap_or_else(|| (json!({"type": "object"}), false));
             op["requestBody"] = json!({
-                "required": true,
-                "content": {"application/json": {"schema": {"type": "object"}}}
+                "required": required,
+                "content": {"application/json": {"schema": schema}}
             });
+            let responses = op["responses"].as_object_mut().expect("an object");
+            responses.insert(
+                "409".to_owned(),
+                error_response("resource/already_exists, resource/conflict"),
+            );
+            responses.insert(
+                "422".to_owned(),
+                error_response("business/* — a business rule refused the request"),
+            );
             op["parameters"]
                 .as_array_mut()
                 .expect("an array")

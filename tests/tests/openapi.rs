@@ -26,7 +26,20 @@ async fn the_api_description_lists_every_route() {
         let method = r["method"].as_str().unwrap().to_ascii_lowercase();
         let op = &doc["paths"][path][&method];
         assert!(op.is_object(), "{method} {path} missing from /openapi.json");
-        assert!(op["responses"]["200"].is_object() && op["responses"]["403"].is_object());
+        let success = match method.as_str() {
+            "post" => "201",
+            "delete" => "204",
+            _ => "200",
+        };
+        assert!(
+            op["responses"][success].is_object() && op["responses"]["403"].is_object(),
+            "{method} {path}: {op}"
+        );
+        if method == "post" || method == "put" {
+            // Bodies are described by the backend's own validation specs.
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            assert_eq!(schema["type"], "object", "{method} {path}");
+        }
         for name in path
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
@@ -51,6 +64,13 @@ async fn the_api_description_lists_every_route() {
     assert_eq!(
         documented, operations,
         "the document lists routes the gateway does not serve"
+    );
+    let create = &doc["paths"]["/dashboard/v1/workspaces/{workspaceId}/missions"]["post"];
+    let body = &create["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["required"], serde_json::json!(["name"]), "{create}");
+    assert_eq!(
+        body["properties"]["targetCount"]["type"], "integer",
+        "{create}"
     );
     // Anything else still needs a token.
     send(

@@ -212,6 +212,40 @@ pub const POINTS_ADJUSTMENT: &[Field] = &[
     or("allowNegative", Kind::Bool, Fallback::Bool(false)),
 ];
 
+/// The JSON Schema (OpenAPI 3.0 dialect) of a body `spec` accepts in `mode`.
+pub fn schema(spec: &[Field], mode: Mode) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for f in spec {
+        let kind = match f.kind {
+            Kind::Text(max) => serde_json::json!({"type": "string", "maxLength": max}),
+            Kind::Int(min, max) => {
+                serde_json::json!({"type": "integer", "minimum": min, "maximum": max})
+            }
+            Kind::OneOf(values) => serde_json::json!({"type": "string", "enum": values}),
+            Kind::Email => {
+                serde_json::json!({"type": "string", "format": "email", "maxLength": 254})
+            }
+            Kind::TextList(items, max) => serde_json::json!({
+                "type": "array", "maxItems": items,
+                "items": {"type": "string", "maxLength": max}
+            }),
+            Kind::Bool => serde_json::json!({"type": "boolean"}),
+        };
+        properties.insert(f.name.to_owned(), kind);
+        if f.required && mode == Mode::Create {
+            required.push(Value::from(f.name));
+        }
+    }
+    let mut out = serde_json::json!({
+        "type": "object", "properties": properties, "additionalProperties": false,
+    });
+    if !required.is_empty() {
+        out["required"] = Value::from(required);
+    }
+    out
+}
+
 /// Whether the body creates a document (required fields, defaults) or patches one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
