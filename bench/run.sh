@@ -4,21 +4,24 @@
 # Starts side by side on loopback (free ports, temporary data dirs):
 #   backend    the embedded backend alone, on TCP (`cedargate bench backend`)
 #   nginx      nginx (Debian package) as a plain reverse proxy to that backend
-#   proxy-only cedargate with `[pipeline] enabled = false` (pingora, no stage at all)
+#   proxy_only cedargate with `[pipeline] enabled = false` (pingora, no stage at all)
 #   pipeline   cedargate with the full pipeline: WAF, IP rate limit (limit raised), JWT, Cedar,
 #              signed forwarding; otherwise the default config (audit and access log on)
 # and drives each with wrk and bench/wrk/mix.lua (29 authorized GETs of four callers over 15
 # routes, every answer must be a 2xx; the targets without the pipeline also get the pre-signed
 # backend assertion the gateway would add, the full pipeline only the bearer token): first at
 # maximum load, then at a fixed moderate rate (half of the full pipeline's maximum, the same rate
-# for every target). Prints requests/s, p50/p99/p99.9
-# latency, the ratios to nginx and to the backend alone, and cedargate's idle RSS with the default
-# config. Figures and the machine they were measured on: bench/README.md.
+# for every target). Prints requests/s, p50/p99/p99.9 latency, the ratios to nginx and to the
+# backend alone, and cedargate's idle RSS with the default config. Figures and the machine they
+# were measured on: bench/README.md.
 #
 # Environment: DURATION (s per max-load run, default 15), RATE_DURATION (s per fixed-rate run,
 # default 12), CONNECTIONS (max load, default 64), THREADS (wrk threads, default 2),
 # RATE_DELAY_MS (mean pause per connection at fixed rate, default 10), BENCH_LOGS=1 keeps the
-# servers' logs in the work dir (they are large: one access and one audit line per request).
+# servers' logs in the work dir (they are large: one access and one audit line per request),
+# CEDARGATE_BIN runs that binary instead of building one, GATEWAY_LD_PRELOAD is preloaded into
+# the two gateways only (e.g. an allocator: /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 from
+# Debian's libjemalloc2; see bench/README.md).
 # The whole run takes about 3 minutes after the build.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -45,9 +48,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-log "building the release binary"
-(cd "$ROOT" && cargo build --release -q -p gateway)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cedargate"
+if [ -n "${CEDARGATE_BIN:-}" ]; then
+    BIN="$CEDARGATE_BIN"    # e.g. an older build, for a before/after comparison
+else
+    log "building the release binary"
+    (cd "$ROOT" && cargo build --release -q -p gateway)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cedargate"
+fi
 
 WORK="$(mktemp -d -t cedargate-bench.XXXXXX)"
 PIDS=()
@@ -118,11 +125,11 @@ wait_http "http://127.0.0.1:$P_BACKEND/" backend
 # The gateways sign assertions with the backend's secret.
 cp "$WORK/backend/assertion.key" "$WORK/off/" && cp "$WORK/backend/assertion.key" "$WORK/full/"
 
-"$BIN" serve --config "$WORK/off.toml" --data-dir "$WORK/off" --api-addr "127.0.0.1:$P_OFF" \
+LD_PRELOAD="${GATEWAY_LD_PRELOAD:-}" "$BIN" serve --config "$WORK/off.toml" --data-dir "$WORK/off" --api-addr "127.0.0.1:$P_OFF" \
     --auth-addr "127.0.0.1:$P_OFF_AUTH" --admin-addr "127.0.0.1:$P_OFF_ADMIN" \
     >"$(out off-audit)" 2>"$(out off)" &
 PIDS+=($!)
-"$BIN" serve --config "$WORK/full.toml" --data-dir "$WORK/full" --api-addr "127.0.0.1:$P_FULL" \
+LD_PRELOAD="${GATEWAY_LD_PRELOAD:-}" "$BIN" serve --config "$WORK/full.toml" --data-dir "$WORK/full" --api-addr "127.0.0.1:$P_FULL" \
     --auth-addr "127.0.0.1:$P_FULL_AUTH" --admin-addr "127.0.0.1:$P_FULL_ADMIN" \
     >"$(out full-audit)" 2>"$(out full)" &
 PIDS+=($!)
@@ -291,5 +298,6 @@ awk -v full="${RPS[pipeline]}" -v nginx="${RPS[nginx]}" -v off="${RPS[proxy_only
     verdict = "met"; if (rss > 65536) verdict = "NOT met"
     printf "- idle RSS, default config: %.1f MiB (goal ≤ 64 MB): %s\n", rss / 1024, verdict
 }'
-echo "- full-pipeline gateway RSS: $((RSS_AFTER_START / 1024)) MiB after start, $((RSS_AFTER_LOAD / 1024)) MiB after the max-load runs"
+echo "- full-pipeline gateway RSS: $((RSS_AFTER_START / 1024)) MiB after start and the mix check, $((RSS_AFTER_LOAD / 1024)) MiB after the max-load runs"
+echo "- gateways' LD_PRELOAD: ${GATEWAY_LD_PRELOAD:-none}"
 echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load generator and servers on the same cores; $(date -u +%Y-%m-%d)"
