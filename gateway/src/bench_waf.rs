@@ -1,6 +1,7 @@
 //! `cedargate bench waf`: CPU time of the WAF's detection per request, in process (not a test).
 //! A typical API request (path, small query, the headers a browser or SDK sends, a JWT cookie),
 //! the same with an 8 KB JSON body, and an attack (which stops at the first blocking rule).
+//! [`Samples`] are also what `cargo bench` (gateway/benches) measures.
 
 use std::time::{Duration, Instant};
 
@@ -28,11 +29,7 @@ fn run(d: &Detector, view: &RequestView<'_>, iterations: usize) -> (Duration, Du
     let mut blocked = false;
     for _ in 0..iterations {
         let t = Instant::now();
-        let mut hit = false;
-        d.scan(view, &|_, _, _| false, &mut |_| {
-            hit = true;
-            false
-        });
+        let hit = scan_once(d, view);
         samples.push(t.elapsed());
         blocked = hit;
     }
@@ -44,50 +41,97 @@ fn run(d: &Detector, view: &RequestView<'_>, iterations: usize) -> (Duration, Du
     )
 }
 
+const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ1LTEiLCJ3b3Jrc3BhY2VJZCI6IndzLWRlbW8iLCJzY29wZSI6ImFwcC9yZWFkIn0.c2lnbmF0dXJlLWJ5dGVzLWMyNjJoZmRqaGZkamtoZmtqZHNoZmtqc2Rm";
+
+/// The request shapes measured here and by `cargo bench` (owned; views borrow them).
+pub struct Samples {
+    cookie: String,
+    body: String,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Samples {
+            cookie: format!("session={JWT}; theme=dark; lang=en-GB"),
+            body: body_8k(),
+        }
+    }
+}
+
+impl Samples {
+    /// The inspected headers of a typical browser or SDK request (never Authorization).
+    pub fn headers(&self) -> Vec<(&'static str, &[u8])> {
+        let all: Vec<(&'static str, &[u8])> = vec![
+            ("host", b"api.example.com"),
+            ("user-agent", b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"),
+            ("accept", b"application/json"),
+            ("accept-language", b"en-GB,en;q=0.9"),
+            ("referer", b"https://app.example.com/missions?tab=active"),
+            ("cookie", self.cookie.as_bytes()),
+            ("x-request-id", b"4f8e1c2a-9d4b-4c6e-8a1f-2b3c4d5e6f70"),
+            ("authorization", b"Bearer not-inspected"),
+        ];
+        all.into_iter()
+            .filter(|(n, _)| inspects(DEFAULT_INSPECTED_HEADERS, n))
+            .collect()
+    }
+
+    /// A GET with a path, two query parameters and `headers`.
+    pub fn typical<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> RequestView<'a> {
+        RequestView {
+            path: "/app/v1/workspaces/ws-demo/missions/V1StGXR8_Z5jdHi6B-myT",
+            query: Some("limit=20&nextToken=eyJrIjoibTEifQ%3D%3D"),
+            headers,
+            content_type: None,
+            body: b"",
+            body_truncated: false,
+        }
+    }
+
+    /// A POST with an 8 KB JSON body of prose (apostrophes, markdown, links).
+    pub fn with_body<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> RequestView<'a> {
+        RequestView {
+            path: "/dashboard/v1/workspaces/ws-demo/catalog",
+            query: None,
+            headers,
+            content_type: Some("application/json"),
+            body: self.body.as_bytes(),
+            body_truncated: false,
+        }
+    }
+
+    /// A SQL injection in the query (detection stops at the first blocking rule).
+    pub fn attack<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> RequestView<'a> {
+        RequestView {
+            path: "/app/v1/workspaces/ws-demo/missions",
+            query: Some("limit=1%27%20UNION%20SELECT%20password%20FROM%20users--"),
+            headers,
+            content_type: None,
+            body: b"",
+            body_truncated: false,
+        }
+    }
+}
+
+/// Scan `view` once; whether a rule matched.
+pub fn scan_once(d: &Detector, view: &RequestView<'_>) -> bool {
+    let mut hit = false;
+    d.scan(view, &|_, _, _| false, &mut |_| {
+        hit = true;
+        false
+    });
+    hit
+}
+
 /// Print median and p99 detection time per request shape.
 pub fn waf(iterations: usize) -> anyhow::Result<()> {
     let d = Detector::new();
-    let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ1LTEiLCJ3b3Jrc3BhY2VJZCI6IndzLWRlbW8iLCJzY29wZSI6ImFwcC9yZWFkIn0.c2lnbmF0dXJlLWJ5dGVzLWMyNjJoZmRqaGZkamtoZmtqZHNoZmtqc2Rm";
-    let cookie = format!("session={jwt}; theme=dark; lang=en-GB");
-    let all: Vec<(&str, &[u8])> = vec![
-        ("host", b"api.example.com"),
-        ("user-agent", b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"),
-        ("accept", b"application/json"),
-        ("accept-language", b"en-GB,en;q=0.9"),
-        ("referer", b"https://app.example.com/missions?tab=active"),
-        ("cookie", cookie.as_bytes()),
-        ("x-request-id", b"4f8e1c2a-9d4b-4c6e-8a1f-2b3c4d5e6f70"),
-        ("authorization", b"Bearer not-inspected"),
-    ];
-    let headers: Vec<(&str, &[u8])> = all
-        .into_iter()
-        .filter(|(n, _)| inspects(DEFAULT_INSPECTED_HEADERS, n))
-        .collect();
-    let body = body_8k();
-    let typical = RequestView {
-        path: "/app/v1/workspaces/ws-demo/missions/V1StGXR8_Z5jdHi6B-myT",
-        query: Some("limit=20&nextToken=eyJrIjoibTEifQ%3D%3D"),
-        headers: &headers,
-        content_type: None,
-        body: b"",
-        body_truncated: false,
-    };
-    let with_body = RequestView {
-        path: "/dashboard/v1/workspaces/ws-demo/catalog",
-        query: None,
-        headers: &headers,
-        content_type: Some("application/json"),
-        body: body.as_bytes(),
-        body_truncated: false,
-    };
-    let attack = RequestView {
-        path: "/app/v1/workspaces/ws-demo/missions",
-        query: Some("limit=1%27%20UNION%20SELECT%20password%20FROM%20users--"),
-        headers: &headers,
-        content_type: None,
-        body: b"",
-        body_truncated: false,
-    };
+    let samples = Samples::default();
+    let headers = samples.headers();
+    let body_len = samples.body.len();
+    let typical = samples.typical(&headers);
+    let with_body = samples.with_body(&headers);
+    let attack = samples.attack(&headers);
     println!("WAF detection per request ({iterations} iterations each, one thread)");
     println!(
         "{:<44} {:>10} {:>10} {:>8}",
@@ -95,10 +139,7 @@ pub fn waf(iterations: usize) -> anyhow::Result<()> {
     );
     for (name, view) in [
         ("typical GET (7 headers, JWT cookie, query)", &typical),
-        (
-            &*format!("POST with {} B JSON body", body.len()),
-            &with_body,
-        ),
+        (&*format!("POST with {body_len} B JSON body"), &with_body),
         ("SQL injection in the query", &attack),
     ] {
         // Warm up the lazily compiled rules.

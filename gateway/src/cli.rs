@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{DEFAULT_CONFIG, auth_cli, bench, bench_token, policy_cli, serve};
+use crate::{DEFAULT_CONFIG, auth_cli, bench, bench_http, bench_token, policy_cli, serve};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +108,10 @@ enum BenchCommand {
     },
     /// Token endpoint latency and requests/s over HTTP (bench/token_cache.sh).
     Token(bench_token::TokenBench),
+    /// The embedded backend alone on TCP (bench/run.sh).
+    Backend(bench_http::BackendArgs),
+    /// The authorized GETs bench/run.sh drives wrk with: method, path, token, assertion.
+    HttpMix(bench_http::MixArgs),
 }
 
 #[derive(Subcommand)]
@@ -226,6 +230,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Waf { iterations },
         } => crate::bench_waf::waf(iterations.max(1)),
+        Command::Bench {
+            command: BenchCommand::Backend(args),
+        } => bench_http::backend(args),
+        Command::Bench {
+            command: BenchCommand::HttpMix(args),
+        } => bench_http::mix(args),
         Command::Policy { command } => policy_cli::run(command),
         Command::Keys { command } => auth_cli::keys(command),
         Command::Dynamodb { command } => auth_cli::dynamodb(command),

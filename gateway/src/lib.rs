@@ -10,10 +10,12 @@ mod auth_domain;
 pub mod authn;
 pub mod authz;
 mod bench;
+mod bench_http;
 mod bench_token;
-mod bench_waf;
+#[doc(hidden)]
+pub mod bench_waf;
 pub mod cli;
-mod config;
+pub mod config;
 mod cors;
 mod delegation;
 mod error;

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use cedar_policy::{Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
@@ -36,15 +37,16 @@ pub struct PolicyBundle {
     pub routes: RouteTable,
     /// Which file each policy came from.
     pub policy_files: HashMap<String, String>,
-    /// Per route (same index as `routes.routes`): its action entity, built once per load.
-    pub(crate) action_entities: Vec<Entity>,
+    /// Per route (same index as `routes.routes`): its action entity, built once per load and
+    /// shared by every request's entity store (Cedar's core type: no copy per request).
+    pub(crate) action_entities: Vec<Arc<cedar_policy_core::ast::Entity>>,
     pub(crate) action_uids: Vec<EntityUid>,
     /// Entity type names, parsed once.
     pub(crate) types: EntityTypes,
     /// The policies that can apply, per route and workspace.
     pub(crate) index: PolicyIndex,
     /// Per role: the role itself and every role below it (the hierarchy, closed).
-    pub(crate) role_closure: HashMap<String, HashSet<EntityUid>>,
+    pub(crate) role_closure: HashMap<String, HashSet<cedar_policy_core::ast::EntityUID>>,
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -312,7 +314,10 @@ impl PolicyBundle {
             schema,
             routes,
             policy_files,
-            action_entities,
+            action_entities: action_entities
+                .iter()
+                .map(|e| Arc::new(AsRef::<cedar_policy_core::ast::Entity>::as_ref(e).clone()))
+                .collect(),
             action_uids,
         })
     }
@@ -381,7 +386,7 @@ pub fn action_uid(id: &str) -> EntityUid {
 }
 
 /// Each role maps to itself and every role after it in the list (less privileged).
-fn role_closure(roles: &[String]) -> HashMap<String, HashSet<EntityUid>> {
+fn role_closure(roles: &[String]) -> HashMap<String, HashSet<cedar_policy_core::ast::EntityUID>> {
     let role_type: cedar_policy::EntityTypeName =
         "Role".parse().expect("Role is a valid type name");
     roles
@@ -395,6 +400,7 @@ fn role_closure(roles: &[String]) -> HashMap<String, HashSet<EntityUid>> {
                         role_type.clone(),
                         cedar_policy::EntityId::new(x),
                     )
+                    .into()
                 })
                 .collect();
             (r.clone(), below)

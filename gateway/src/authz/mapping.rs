@@ -2,11 +2,11 @@
 //! its entities. The running gateway and the offline CLI both call [`build`], so what an
 //! admin tests is what production decides.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-};
+use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, Request};
+use cedar_policy_core::ast;
 
 use super::bundle::PolicyBundle;
 use crate::authn::Identity;
@@ -26,13 +26,20 @@ pub struct CedarInput {
     pub principal: EntityUid,
     pub action: EntityUid,
     pub resource: EntityUid,
-    pub request: Request,
+    /// Built with Cedar's core API (see [`build`]); read through [`CedarInput::request`].
+    core_request: ast::Request,
     /// Built with Cedar's core API so the transitive closure is not recomputed per request:
     /// every parent set here is closed already (see [`build`]).
     core_entities: cedar_policy_core::entities::Entities,
 }
 
 impl CedarInput {
+    /// The Cedar request.
+    pub fn request(&self) -> &Request {
+        use ref_cast::RefCast;
+        Request::ref_cast(&self.core_request)
+    }
+
     /// The entities of the request.
     pub fn entities(&self) -> &Entities {
         use ref_cast::RefCast;
@@ -49,12 +56,41 @@ fn uid(type_name: EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(type_name, EntityId::new(id))
 }
 
-fn string(s: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(s.to_string())
+fn string(s: &str) -> ast::Value {
+    ast::Value::from(s)
+}
+
+fn claim(v: &Option<String>) -> ast::Value {
+    string(v.as_deref().unwrap_or_default())
+}
+
+fn record<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> ast::Value {
+    ast::Value::record(pairs.into_iter().map(|(k, v)| (k, string(v))), None)
+}
+
+/// An entity whose attributes are plain values: nothing for Cedar to evaluate.
+fn entity(
+    uid: ast::EntityUID,
+    attrs: impl IntoIterator<Item = (&'static str, ast::Value)>,
+    parents: HashSet<ast::EntityUID>,
+) -> ast::Entity {
+    ast::Entity::new_with_attr_partial_value(
+        uid,
+        attrs
+            .into_iter()
+            .map(|(k, v)| (k.into(), ast::PartialValue::Value(v))),
+        HashSet::new(),
+        parents,
+        [],
+    )
 }
 
 /// Build the Cedar request for one API call. Fails (and the caller denies) only if the
 /// bundle or the inputs are malformed.
+///
+/// Entities and context are built as Cedar values directly, with Cedar's core API: the
+/// public API takes attributes as expressions and evaluates each of them per request, which
+/// was about half the cost of a decision.
 pub fn build(
     bundle: &PolicyBundle,
     identity: &Identity,
@@ -72,40 +108,34 @@ pub fn build(
 
     // Principal: claims only. Machine callers get no role parents: they act by scope.
     let principal_uid = uid(bundle.types.identity.clone(), &identity.principal_id);
-    let parents: HashSet<EntityUid> = match (&identity.role, identity.is_m2m()) {
+    let parents: HashSet<ast::EntityUID> = match (&identity.role, identity.is_m2m()) {
         (Some(role), false) => bundle.role_closure.get(role).cloned().unwrap_or_default(),
         _ => HashSet::new(),
     };
-    let claim = |v: &Option<String>| v.clone().unwrap_or_default();
-    let principal_attrs = [
-        ("workspace", claim(&identity.workspace_id)),
-        ("platform", claim(&identity.platform)),
-        ("role", claim(&identity.role)),
-        ("department", claim(&identity.department)),
-    ];
-    let mut attrs: HashMap<String, RestrictedExpression> = principal_attrs
-        .iter()
-        .map(|(k, v)| (k.to_string(), string(v)))
-        .collect();
-    attrs.insert(
-        "premium".into(),
-        RestrictedExpression::new_bool(identity.premium),
+    let principal = entity(
+        principal_uid.clone().into(),
+        [
+            ("workspace", claim(&identity.workspace_id)),
+            ("platform", claim(&identity.platform)),
+            ("role", claim(&identity.role)),
+            ("department", claim(&identity.department)),
+            ("premium", ast::Value::from(identity.premium)),
+            (
+                "onboardingCompleted",
+                ast::Value::from(identity.onboarding_completed),
+            ),
+        ],
+        parents,
     );
-    attrs.insert(
-        "onboardingCompleted".into(),
-        RestrictedExpression::new_bool(identity.onboarding_completed),
-    );
-    let principal =
-        Entity::new(principal_uid.clone(), attrs, parents.clone()).map_err(|e| e.to_string())?;
 
     // Resource: of the route's type, named by its path parameter (or the workspace itself),
     // inside Workspace::"<workspaceId from the path>".
     let workspace_uid = uid(bundle.types.workspace.clone(), workspace_id);
-    let ws_attr = || HashMap::from([("workspaceId".to_string(), string(workspace_id))]);
-    let workspace =
-        Entity::new(workspace_uid.clone(), ws_attr(), HashSet::new()).map_err(|e| e.to_string())?;
+    let workspace_core: ast::EntityUID = workspace_uid.clone().into();
+    let ws_attr = || [("workspaceId", string(workspace_id))];
+    let workspace = entity(workspace_core.clone(), ws_attr(), HashSet::new());
     let (resource_uid, resource) = match &route.resource_param {
-        None => (workspace_uid.clone(), None),
+        None => (workspace_uid, None),
         Some(param) => {
             let id = facts
                 .route
@@ -120,77 +150,79 @@ pub fn build(
                     .ok_or("route index out of range")?,
                 id,
             );
-            let entity = Entity::new(
-                r_uid.clone(),
+            let entity = entity(
+                r_uid.clone().into(),
                 ws_attr(),
-                HashSet::from([workspace_uid.clone()]),
-            )
-            .map_err(|e| e.to_string())?;
+                HashSet::from([workspace_core]),
+            );
             (r_uid, Some(entity))
         }
     };
 
     // Context.
-    let path_params = &facts.route.params;
-    let mut query: Vec<(String, String)> = Vec::new();
-    for name in &route.query {
-        if let Some((_, v)) = facts.query.iter().find(|(k, _)| k == name) {
-            query.push((name.clone(), v.clone()));
-        }
-    }
-    let record = |pairs: &[(String, String)]| {
-        RestrictedExpression::new_record(pairs.iter().map(|(k, v)| (k.clone(), string(v))))
-            .map_err(|e| e.to_string())
-    };
-    let token = RestrictedExpression::new_record([
-        (
-            "scope".to_string(),
-            RestrictedExpression::new_set(identity.scopes.iter().map(|s| string(s))),
+    let query = route.query.iter().filter_map(|name| {
+        facts
+            .query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| (name.as_str(), v.as_str()))
+    });
+    let token = ast::Value::record(
+        [
+            (
+                "scope",
+                ast::Value::set(identity.scopes.iter().map(|s| string(s)), None),
+            ),
+            ("context", claim(&identity.context)),
+            ("client_id", claim(&identity.client_id)),
+            ("token_use", claim(&identity.token_use)),
+        ],
+        None,
+    );
+    let mut context = BTreeMap::new();
+    context.insert(
+        "pathParameters".into(),
+        record(
+            facts
+                .route
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
         ),
-        ("context".to_string(), string(&claim(&identity.context))),
-        ("client_id".to_string(), string(&claim(&identity.client_id))),
-        ("token_use".to_string(), string(&claim(&identity.token_use))),
-    ])
-    .map_err(|e| e.to_string())?;
-    let mut context_pairs = vec![
-        ("pathParameters".to_string(), record(path_params)?),
-        ("queryStringParameters".to_string(), record(&query)?),
-        ("token".to_string(), token),
-    ];
+    );
+    context.insert("queryStringParameters".into(), record(query));
+    context.insert("token".into(), token);
     if let Some(user) = facts.impersonated_user {
-        context_pairs.push(("impersonatedUserId".to_string(), string(user)));
+        context.insert("impersonatedUserId".into(), string(user));
     }
-    let context = Context::from_pairs(context_pairs).map_err(|e| e.to_string())?;
 
     let action = bundle.action_uids[facts.route.route_index].clone();
     let action_entity = bundle.action_entities[facts.route.route_index].clone();
-    let mut list = vec![principal, workspace, action_entity];
-    list.extend(resource);
+    let mut list = vec![Arc::new(principal), Arc::new(workspace), action_entity];
+    list.extend(resource.map(Arc::new));
     // Every parent set is transitively closed by construction: the principal's roles come
     // from the closed role hierarchy, the resource's parent is the workspace (which has none),
     // and the schema's action entities are closed. Cedar's per-request closure computation
     // (the largest single cost of a decision) is therefore skipped.
-    let core_entities = cedar_policy_core::entities::Entities::from_entities(
-        list.iter()
-            .map(|e| AsRef::<cedar_policy_core::ast::Entity>::as_ref(e).clone()),
-        None::<&cedar_policy_core::entities::NoEntitiesSchema>,
-        cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
-        cedar_policy_core::extensions::Extensions::all_available(),
-    )
-    .map_err(|e| e.to_string())?;
-    let request = Request::new(
-        principal_uid.clone(),
-        action.clone(),
-        resource_uid.clone(),
-        context,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let core_entities = cedar_policy_core::entities::Entities::new()
+        .add_entities(
+            list,
+            None::<&cedar_policy_core::entities::NoEntitiesSchema>,
+            cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+            cedar_policy_core::extensions::Extensions::all_available(),
+        )
+        .map_err(|e| e.to_string())?;
+    let core_request = ast::Request::new_unchecked(
+        ast::EntityUIDEntry::known(principal_uid.clone().into(), None),
+        ast::EntityUIDEntry::known(action.clone().into(), None),
+        ast::EntityUIDEntry::known(resource_uid.clone().into(), None),
+        Some(ast::Context::Value(Arc::new(context))),
+    );
     Ok(CedarInput {
         principal: principal_uid,
         action,
         resource: resource_uid,
-        request,
+        core_request,
         core_entities,
     })
 }

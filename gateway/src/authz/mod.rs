@@ -63,7 +63,8 @@ fn decide_with(
         Ok(i) => i,
         Err(e) => return deny(vec![format!("request mapping failed: {e}")]),
     };
-    let response = CedarAuthorizer::new().is_authorized(&input.request, policies, input.entities());
+    let response =
+        CedarAuthorizer::new().is_authorized(input.request(), policies, input.entities());
     decision_of(&response, &bundle.version)
 }
 

@@ -157,7 +157,7 @@ fn explain_http(bundle: &PolicyBundle, args: &Args, line: &str) -> anyhow::Resul
                 // The context Cedar decided with; the mapping's own rendering if Cedar
                 // cannot serialise it.
                 out.context = input
-                    .request
+                    .request()
                     .context()
                     .and_then(|c| c.to_json_value().ok())
                     .unwrap_or_else(|| mapping::context_json(bundle, &identity, &facts));

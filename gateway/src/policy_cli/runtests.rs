@@ -192,7 +192,7 @@ pub fn export_case(
     num_errors: usize,
 ) -> Result<Value, String> {
     let context = input
-        .request
+        .request()
         .context()
         .ok_or("the request has no context")?
         .to_json_value()

@@ -289,7 +289,7 @@ mod tests {
             impersonated_user: Some("u9"),
         };
         let input = crate::authz::mapping::build(&b, &id, &facts).unwrap();
-        let from_cedar = input.request.context().unwrap().to_json_value().unwrap();
+        let from_cedar = input.request().context().unwrap().to_json_value().unwrap();
         assert_eq!(
             from_cedar,
             crate::authz::mapping::context_json(&b, &id, &facts)
