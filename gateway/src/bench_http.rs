@@ -37,6 +37,8 @@ pub fn backend(args: BackendArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         listen: backend::Listen::Tcp(args.listen),
         assertion_key: secret,
+        store: backend::StoreChoice::Embedded,
+        idempotency_ttl: std::time::Duration::from_secs(300),
     })
     .map_err(|e| anyhow::anyhow!("backend: {e}"))?;
     eprintln!("backend listening on {:?}", handle.listen());
