@@ -3,59 +3,41 @@
 //! `logging` phase. Tokens and secrets never appear: the audit line keeps the verified
 //! claims that went into the decision, which is what `cedargate policy replay` needs.
 //!
-//! Audit lines go through a bounded channel to a writer thread, so a slow disk never
-//! stalls a request; when the channel is full the line is dropped and counted
-//! (`cedargate_audit_dropped_total`). The writer works in bursts: it writes what is queued,
-//! flushes, then sleeps [`BATCH_INTERVAL`], so under load a request almost never has to wake
-//! it (one futex wake and one `write` per line cost about a tenth of the gateway's CPU) and a
-//! line reaches the output at most a few milliseconds late.
+//! Audit lines are written off the request path by a [`LineBuffer`] (bursts every few
+//! milliseconds, so a slow disk never stalls a request); when its buffer is full the line is
+//! dropped and counted (`cedargate_audit_dropped_total`).
 
 use std::io::{BufWriter, Write};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
+use crate::authn::ClaimsView;
 use crate::config::AuditOutput;
 use crate::error::now_rfc3339;
+use crate::lines::LineBuffer;
 use crate::proxy::RequestCtx;
 
-/// Lines buffered between requests and the writer thread.
-const CHANNEL_CAPACITY: usize = 65_536;
-
-/// The writer's pause after each burst (lines queued meanwhile are written together).
-const BATCH_INTERVAL: Duration = Duration::from_millis(5);
+/// Unwritten audit lines held at most (about 64k lines).
+const BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where audit lines go.
 pub struct AuditSink {
-    tx: Option<SyncSender<Vec<u8>>>,
+    lines: Option<LineBuffer>,
 }
 
-fn writer_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>) {
-    while let Ok(line) = rx.recv() {
-        let mut ok = out.write_all(&line).is_ok();
-        // Drain what is queued before flushing: one flush per burst, not per line.
-        while let Ok(more) = rx.try_recv() {
-            ok &= out.write_all(&more).is_ok();
-        }
-        ok &= out.flush().is_ok();
-        if !ok {
-            crate::metrics::AUDIT_DROPPED
-                .with_label_values(&["write_error"])
-                .inc();
-        }
-        std::thread::sleep(BATCH_INTERVAL);
-    }
+fn write_failed() {
+    crate::metrics::AUDIT_DROPPED
+        .with_label_values(&["write_error"])
+        .inc();
 }
 
 impl AuditSink {
     /// Open the configured output and start its writer thread.
     pub fn open(output: &AuditOutput) -> std::io::Result<AuditSink> {
         let out: Box<dyn Write + Send> = match output {
-            AuditOutput::Off => return Ok(AuditSink { tx: None }),
-            // Buffered: a burst is one `write`, not one per line.
-            AuditOutput::Stdout => Box::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
-            AuditOutput::Stderr => Box::new(BufWriter::with_capacity(64 * 1024, std::io::stderr())),
+            AuditOutput::Off => return Ok(AuditSink { lines: None }),
+            AuditOutput::Stdout => Box::new(std::io::stdout()),
+            AuditOutput::Stderr => Box::new(std::io::stderr()),
             AuditOutput::File(path) => {
                 use std::os::unix::fs::OpenOptionsExt;
                 let f = std::fs::OpenOptions::new()
@@ -66,65 +48,121 @@ impl AuditSink {
                 Box::new(BufWriter::with_capacity(64 * 1024, f))
             }
         };
-        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer_loop(rx, out))?;
-        Ok(AuditSink { tx: Some(tx) })
+        let lines = LineBuffer::start("audit-writer", out, BUFFER_BYTES, write_failed)?;
+        Ok(AuditSink { lines: Some(lines) })
     }
 
-    fn send(&self, record: &Value) {
-        let Some(tx) = &self.tx else { return };
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
+    fn send(&self, record: &impl Serialize) {
+        let Some(lines) = &self.lines else { return };
+        let mut line = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
         line.push(b'\n');
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => crate::metrics::AUDIT_DROPPED
+        if !lines.push(&line) {
+            crate::metrics::AUDIT_DROPPED
                 .with_label_values(&["full"])
-                .inc(),
-            Err(TrySendError::Disconnected(_)) => crate::metrics::AUDIT_DROPPED
-                .with_label_values(&["closed"])
-                .inc(),
+                .inc();
         }
     }
 }
 
+/// The audit line of a decided request, serialised straight from the context (no JSON tree is
+/// built per request). Field order is the line's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DecisionLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    request_id: &'a str,
+    timestamp: String,
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    principal: EntityRef<'a>,
+    action: Option<EntityRef<'a>>,
+    resource: Option<&'a str>,
+    decision: &'static str,
+    reasons: &'a [String],
+    errors: &'a [String],
+    policy_version: &'a str,
+    decision_us: u64,
+    cache_hit: bool,
+    claims: ClaimsView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowLine<'a>>,
+}
+
+/// The shadow set's decision, when it differs from the active one.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ShadowLine<'a> {
+    decision: &'static str,
+    reasons: &'a [String],
+    errors: &'a [String],
+    policy_version: &'a str,
+}
+
+/// A Cedar entity reference as text, e.g. `Identity::"u-1"` (the id quoted as Cedar does).
+struct EntityRef<'a> {
+    kind: &'static str,
+    id: &'a str,
+}
+
+impl Serialize for EntityRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}::{:?}", self.kind, self.id))
+    }
+}
+
+fn verdict(allowed: bool) -> &'static str {
+    if allowed { "allow" } else { "deny" }
+}
+
 /// The audit line of a decided request.
-fn decision_record(ctx: &RequestCtx) -> Option<Value> {
+fn decision_record(ctx: &RequestCtx) -> Option<DecisionLine<'_>> {
     let outcome = ctx.outcome.as_ref()?;
     let identity = ctx.identity.as_deref()?;
     let d = &outcome.decision;
-    let mut record = json!({
-        "type": "decision",
-        "requestId": ctx.request_id,
-        "timestamp": now_rfc3339(),
-        "method": ctx.method,
-        "path": ctx.path,
-        "query": ctx.query,
-        "principal": format!("Identity::{:?}", identity.principal_id),
-        "action": ctx.route.as_deref().map(|a| format!("Action::{a:?}")),
-        "resource": ctx.resource,
-        "decision": if d.allowed { "allow" } else { "deny" },
-        "reasons": d.reasons,
-        "errors": d.errors,
-        "policyVersion": d.policy_version,
-        "decisionUs": ctx.authz.as_micros() as u64,
-        "cacheHit": outcome.cache_hit,
-        "claims": identity.to_claims(),
-    });
-    if let Some(user) = &ctx.impersonated {
-        record["impersonatedUserId"] = user.clone().into();
-        record["impersonatedBy"] = identity.principal_id.clone().into();
-    }
-    if let Some(s) = outcome.shadow_difference() {
-        record["shadow"] = json!({
-            "decision": if s.allowed { "allow" } else { "deny" },
-            "reasons": s.reasons,
-            "errors": s.errors,
-            "policyVersion": s.policy_version,
-        });
-    }
-    Some(record)
+    Some(DecisionLine {
+        kind: "decision",
+        request_id: &ctx.request_id,
+        timestamp: now_rfc3339(),
+        method: &ctx.method,
+        path: &ctx.path,
+        query: &ctx.query,
+        principal: EntityRef {
+            kind: "Identity",
+            id: &identity.principal_id,
+        },
+        action: ctx
+            .route
+            .as_deref()
+            .map(|id| EntityRef { kind: "Action", id }),
+        resource: ctx.resource.as_deref(),
+        decision: verdict(d.allowed),
+        reasons: &d.reasons,
+        errors: &d.errors,
+        policy_version: &d.policy_version,
+        decision_us: ctx.authz.as_micros() as u64,
+        cache_hit: outcome.cache_hit,
+        claims: identity.claims(),
+        impersonated_user_id: ctx.impersonated.as_deref(),
+        impersonated_by: ctx
+            .impersonated
+            .as_ref()
+            .map(|_| identity.principal_id.as_str()),
+        shadow: outcome.shadow_difference().map(|s| ShadowLine {
+            decision: verdict(s.allowed),
+            reasons: &s.reasons,
+            errors: &s.errors,
+            policy_version: &s.policy_version,
+        }),
+    })
 }
 
 /// Record a finished request: metrics, the access line and, if it was decided, the audit line.

@@ -139,15 +139,20 @@ enum TokenCommand {
     },
 }
 
-fn init_logging(level: &str) {
+/// JSON log lines to standard error, written in bursts off the request path (`lines`); the
+/// server flushes them before it exits.
+fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CEDARGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let writer = crate::lines::LogWriter::stderr()
+        .map_err(|e| anyhow::anyhow!("cannot start the log writer: {e}"))?;
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .with_current_span(false)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .try_init();
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -161,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             upgrade,
         } => {
             let config = Config::load(&common.config)?;
-            init_logging(&config.log_level);
+            init_logging(&config.log_level)?;
             serve::run(
                 config,
                 common.data_dir,
@@ -257,7 +262,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Runs the command line and turns its outcome into the process exit code.
 pub fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let result = run(Cli::parse());
+    // Log lines still queued (a start that failed after logging began).
+    crate::lines::flush_all();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<policy_cli::Exit>() {
             // A policy command's "no" (see policy_cli): already reported, only the code is left.

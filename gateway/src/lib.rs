@@ -20,6 +20,7 @@ mod cors;
 mod delegation;
 mod error;
 mod forward;
+mod lines;
 mod metrics;
 mod openapi;
 mod policy_cli;

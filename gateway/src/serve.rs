@@ -467,5 +467,8 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         admin = %config.listeners.admin,
         "cedargate listening"
     );
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Lines queued during the last milliseconds of the drain.
+    crate::lines::flush_all();
+    std::process::exit(0)
 }

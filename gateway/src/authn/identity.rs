@@ -71,36 +71,16 @@ impl Identity {
     /// The claims this identity was built from, as far as decisions use them: what the audit
     /// log records so a decision can be replayed (never the token itself).
     pub fn to_claims(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                m.insert(k.to_string(), Value::from(v.as_str()));
-            }
-        };
-        put("sub", &self.sub);
-        put("iss", &Some(self.issuer.clone()).filter(|i| !i.is_empty()));
-        put("workspaceId", &self.workspace_id);
-        put("accountId", &self.account_id);
-        put("userId", &self.user_id);
-        put("context", &self.context);
-        put("platform", &self.platform);
-        put("role", &self.role);
-        put("client_id", &self.client_id);
-        put("token_use", &self.token_use);
-        put("department", &self.department);
-        if self.sub.as_deref() != Some(self.principal_id.as_str())
-            && self.client_id.as_deref() != Some(self.principal_id.as_str())
-        {
-            m.insert("identityId".into(), self.principal_id.clone().into());
+        match serde_json::to_value(self.claims()) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
         }
-        m.insert("scope".into(), self.scopes.join(" ").into());
-        m.insert("premium".into(), self.premium.into());
-        m.insert(
-            "onboardingCompleted".into(),
-            self.onboarding_completed.into(),
-        );
-        m.insert("exp".into(), self.exp.into());
-        m
+    }
+
+    /// [`Identity::to_claims`] as a value that serialises straight to JSON (the audit line is
+    /// written per request: no map is built).
+    pub fn claims(&self) -> ClaimsView<'_> {
+        ClaimsView(self)
     }
 
     /// Whether this is a machine-to-machine caller.
@@ -116,6 +96,66 @@ fn flag(v: Option<&Value>) -> bool {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
+    }
+}
+
+/// The claims of an identity, serialised in the order [`Identity::to_claims`] lists them.
+pub struct ClaimsView<'a>(&'a Identity);
+
+impl serde::Serialize for ClaimsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let id = self.0;
+        let mut m = serializer.serialize_map(None)?;
+        let optional = [
+            ("sub", id.sub.as_deref()),
+            ("iss", Some(id.issuer.as_str()).filter(|i| !i.is_empty())),
+            ("workspaceId", id.workspace_id.as_deref()),
+            ("accountId", id.account_id.as_deref()),
+            ("userId", id.user_id.as_deref()),
+            ("context", id.context.as_deref()),
+            ("platform", id.platform.as_deref()),
+            ("role", id.role.as_deref()),
+            ("client_id", id.client_id.as_deref()),
+            ("token_use", id.token_use.as_deref()),
+            ("department", id.department.as_deref()),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if id.sub.as_deref() != Some(id.principal_id.as_str())
+            && id.client_id.as_deref() != Some(id.principal_id.as_str())
+        {
+            m.serialize_entry("identityId", &id.principal_id)?;
+        }
+        m.serialize_entry("scope", &ScopeList(&id.scopes))?;
+        m.serialize_entry("premium", &id.premium)?;
+        m.serialize_entry("onboardingCompleted", &id.onboarding_completed)?;
+        m.serialize_entry("exp", &id.exp)?;
+        m.end()
+    }
+}
+
+/// Scopes as one space-separated string, without joining them into a new `String`.
+struct ScopeList<'a>(&'a [String]);
+
+impl serde::Serialize for ScopeList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Joined<'a>(&'a [String]);
+        impl std::fmt::Display for Joined<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                for (i, s) in self.0.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    f.write_str(s)?;
+                }
+                Ok(())
+            }
+        }
+        serializer.collect_str(&Joined(self.0))
     }
 }
 

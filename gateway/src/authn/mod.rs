@@ -17,7 +17,7 @@ use moka::sync::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub use identity::Identity;
+pub use identity::{ClaimsView, Identity};
 pub use keys::{KeyRing, KeySource};
 
 use crate::config::AuthnSettings;
