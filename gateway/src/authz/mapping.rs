@@ -45,6 +45,11 @@ impl CedarInput {
         use ref_cast::RefCast;
         Entities::ref_cast(&self.core_entities)
     }
+
+    /// The request and its entities as Cedar's core types.
+    pub(crate) fn core(&self) -> (&ast::Request, &cedar_policy_core::entities::Entities) {
+        (&self.core_request, &self.core_entities)
+    }
 }
 
 pub(crate) fn type_name(name: &str) -> Result<EntityTypeName, String> {

@@ -36,14 +36,42 @@ pub struct Decision {
     pub policy_version: String,
 }
 
-/// Decide one request against a bundle (evaluating only the policies its index says can apply).
+/// Decide one request against a bundle (evaluating only the policies its index says can apply,
+/// with their conditions compiled at load; see `index`).
 pub fn decide(bundle: &PolicyBundle, identity: &Identity, facts: &RequestFacts<'_>) -> Decision {
     let workspace = facts.route.param("workspaceId").unwrap_or_default();
-    let policies = bundle
-        .index
-        .slice(facts.route.route_index, workspace)
-        .unwrap_or(&bundle.policies);
-    decide_with(bundle, policies, identity, facts)
+    let Some(slice) = bundle.index.slice(facts.route.route_index, workspace) else {
+        return decide_with(bundle, &bundle.policies, identity, facts);
+    };
+    let input = match mapping::build(bundle, identity, facts) {
+        Ok(i) => i,
+        Err(e) => {
+            return Decision {
+                allowed: false,
+                reasons: Vec::new(),
+                errors: vec![format!("request mapping failed: {e}")],
+                policy_version: bundle.version.clone(),
+            };
+        }
+    };
+    let (request, entities) = input.core();
+    match slice.decide(request.clone(), entities) {
+        Some(verdict) => {
+            let mut reasons = verdict.reasons;
+            reasons.sort();
+            Decision {
+                allowed: verdict.allowed,
+                reasons,
+                errors: Vec::new(),
+                policy_version: bundle.version.clone(),
+            }
+        }
+        // An evaluation error: Cedar's authorizer reports it in its own words.
+        None => decision_of(
+            &CedarAuthorizer::new().is_authorized(input.request(), &slice.set, input.entities()),
+            &bundle.version,
+        ),
+    }
 }
 
 /// Decide one request against an explicit policy set.

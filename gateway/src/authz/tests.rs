@@ -249,7 +249,7 @@ fn m2m_scopes_premium_onboarding_reports_delegation() {
 }
 
 #[test]
-fn the_index_decides_exactly_like_the_whole_set() {
+fn the_compiled_index_decides_exactly_like_cedar_on_the_whole_set() {
     // The default pack plus tenant-pinned and action-specific policies.
     let dir = tempfile::tempdir().unwrap();
     let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"));
@@ -265,6 +265,9 @@ fn the_index_decides_exactly_like_the_whole_set() {
             "@id(\"pin-{i}\")\nforbid (principal, action == Action::\"get /app/v1/workspaces/{{workspaceId}}/badges\", resource in Workspace::\"{ws}\") when {{ principal.department == \"blocked\" }};\n"
         ));
         extra.push_str(&format!(
+            "@id(\"boom-{i}\")\nforbid (principal, action, resource in Workspace::\"{ws}\") when {{ principal.department == \"guests\" && 9223372036854775807 + 1 > 0 }};\n"
+        ));
+        extra.push_str(&format!(
             "@id(\"pin-permit-{i}\")\npermit (principal, action in Action::\"AppRead\", resource in Workspace::\"{ws}\") when {{ principal.department == \"guests\" }};\n"
         ));
     }
@@ -272,6 +275,7 @@ fn the_index_decides_exactly_like_the_whole_set() {
     let b = PolicyBundle::load(dir.path()).unwrap_or_else(|e| panic!("{e:#?}"));
     let templates: Vec<String> = b.routes.routes.iter().map(|r| r.template.clone()).collect();
     let mut checked = 0;
+    let mut errors_seen = 0;
     for (ri, template) in templates.iter().enumerate() {
         for ws in ["ws-a", "ws-b", "ws-c"] {
             let path = template
@@ -299,6 +303,23 @@ fn the_index_decides_exactly_like_the_whole_set() {
                             let sliced = decide(&b, &id, &facts);
                             let whole = decide_with(&b, &b.policies, &id, &facts);
                             assert_eq!(sliced, whole, "{path} {id:?}");
+                            // The compiled conditions decided, not the fallback to Cedar's
+                            // authorizer.
+                            let input = mapping::build(&b, &id, &facts).unwrap();
+                            let (request, entities) = input.core();
+                            let slice = b.index.slice(ri, ws).unwrap();
+                            // An evaluation error (the overflowing `boom` policies for the
+                            // guests department) goes to Cedar's authorizer for its words.
+                            let erring = dept == "guests" && ws != "ws-c";
+                            assert_eq!(
+                                slice.decide(request.clone(), entities).is_none(),
+                                erring,
+                                "{path} {id:?}"
+                            );
+                            if erring {
+                                assert!(!sliced.allowed && !sliced.errors.is_empty());
+                                errors_seen += 1;
+                            }
                             checked += 1;
                         }
                     }
@@ -307,4 +328,5 @@ fn the_index_decides_exactly_like_the_whole_set() {
         }
     }
     assert!(checked > 1000);
+    assert!(errors_seen > 100);
 }
