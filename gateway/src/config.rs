@@ -129,6 +129,7 @@ struct RawListeners {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     threads: Option<usize>,
+    work_stealing: Option<bool>,
     grace_period_seconds: Option<u64>,
     graceful_shutdown_timeout_seconds: Option<u64>,
 }
@@ -283,10 +284,16 @@ pub struct CertFiles {
     pub key_file: PathBuf,
 }
 
+/// `[server] work_stealing` when not set.
+const WORK_STEALING_DEFAULT: bool = true;
+
 /// Process-level pingora settings.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
+    /// Tokio work stealing between a listener's threads (pingora's `work_stealing`); off, each
+    /// thread keeps the connections it accepted.
+    pub work_stealing: bool,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
 }
@@ -493,6 +500,7 @@ impl Validator<'_> {
         }
         let server = ServerSettings {
             threads,
+            work_stealing: raw.server.work_stealing.unwrap_or(WORK_STEALING_DEFAULT),
             grace_period_seconds: raw.server.grace_period_seconds.unwrap_or(5),
             graceful_shutdown_timeout_seconds: raw
                 .server
