@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# bench/run.sh — requests/s and latency of cedargate against nginx and the backend alone.
+#
+# Starts side by side on loopback (free ports, temporary data dirs):
+#   backend    the embedded backend alone, on TCP (`cedargate bench backend`)
+#   nginx      nginx (Debian package) as a plain reverse proxy to that backend
+#   proxy_only cedargate with `[pipeline] enabled = false` (pingora, no stage at all)
+#   pipeline   cedargate with the full pipeline: WAF, IP rate limit (limit raised), JWT, Cedar,
+#              signed forwarding; otherwise the default config (audit and access log on)
+# and drives each with wrk and bench/wrk/mix.lua (29 authorized GETs of four callers over 15
+# routes, every answer must be a 2xx; the targets without the pipeline also get the pre-signed
+# backend assertion the gateway would add, the full pipeline only the bearer token): first at
+# maximum load, then at a fixed moderate rate (half of the full pipeline's maximum, the same rate
+# for every target). Prints requests/s, p50/p99/p99.9 latency, the ratios to nginx and to the
+# backend alone, and cedargate's idle RSS with the default config. Figures and the machine they
+# were measured on: bench/README.md.
+#
+# Environment: DURATION (s per max-load run, default 15), RATE_DURATION (s per fixed-rate run,
+# default 12), CONNECTIONS (max load, default 64), THREADS (wrk threads, default 2),
+# RATE_DELAY_MS (mean pause per connection at fixed rate, default 10), BENCH_LOGS=1 keeps the
+# servers' logs in the work dir (they are large: one access and one audit line per request),
+# CEDARGATE_BIN runs that binary instead of building one, GATEWAY_LD_PRELOAD is preloaded into
+# the two gateways only (e.g. an allocator: /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 from
+# Debian's libjemalloc2; see bench/README.md).
+# The whole run takes about 3 minutes after the build.
+set -euo pipefail
+shopt -s inherit_errexit
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DURATION="${DURATION:-15}"
+RATE_DURATION="${RATE_DURATION:-12}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+RATE_DELAY_MS="${RATE_DELAY_MS:-10}"
+WARMUP=2
+
+log() { printf '%s\n' "$*" >&2; }
+
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]} (apt)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+if [ -n "${CEDARGATE_BIN:-}" ]; then
+    BIN="$CEDARGATE_BIN"    # e.g. an older build, for a before/after comparison
+else
+    log "building the release binary"
+    (cd "$ROOT" && cargo build --release -q -p gateway)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cedargate"
+fi
+
+WORK="$(mktemp -d -t cedargate-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    sleep 0.3
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Free loopback ports, all distinct (the kernel hands out a fresh ephemeral port per bind).
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+read -r P_BACKEND P_NGINX P_OFF P_OFF_AUTH P_OFF_ADMIN P_FULL P_FULL_AUTH P_FULL_ADMIN \
+    P_IDLE P_IDLE_AUTH P_IDLE_ADMIN <<<"$(free_ports 11)"
+
+out() { if [ "${BENCH_LOGS:-0}" = 1 ]; then echo "$WORK/$1.log"; else echo /dev/null; fi; }
+
+wait_http() { # url, name
+    local i
+    for i in $(seq 1 200); do
+        if curl -s -o /dev/null "$1"; then return 0; fi
+        sleep 0.1
+    done
+    log "$2 did not come up ($1); rerun with BENCH_LOGS=1 and read $WORK/$2.log"
+    exit 1
+}
+
+# The gateway configs: the default config with absolute policy paths, an external backend and
+# the per-IP limit raised (as tests/src/gateway.rs raise_ip_limit does).
+gateway_config() { # file, pipeline (true|false)
+    sed -e "s|^dir = \"../policies\"|dir = \"$ROOT/policies\"|" \
+        -e '/^\[rate_limit.ip\]/,/^limit = / s/^limit = 100$/limit = 1000000000/' \
+        -e 's|^mode = "embedded".*|mode = "external"\naddress = "127.0.0.1:'"$P_BACKEND"'"|' \
+        -e '/^socket = "backend.sock"/d' \
+        "$ROOT/config/cedargate.toml" >"$1"
+    if [ "$2" = false ]; then printf '\n[pipeline]\nenabled = false\n' >>"$1"; fi
+    grep -q '^limit = 1000000000' "$1" || { log "could not raise the IP limit in $1"; exit 1; }
+}
+
+mkdir -p "$WORK/backend" "$WORK/off" "$WORK/full" "$WORK/idle" "$WORK/nginx"
+chmod 755 "$WORK"
+gateway_config "$WORK/full.toml" true
+[ -n "${EXTRA_TOML:-}" ] && printf "%b\n" "$EXTRA_TOML" >>"$WORK/full.toml" && printf "%b\n" "$EXTRA_TOML" >>"$WORK/off.toml"
+gateway_config "$WORK/off.toml" false
+
+log "starting the backend, two gateways and nginx"
+"$BIN" bench backend --listen "127.0.0.1:$P_BACKEND" --data-dir "$WORK/backend" \
+    >"$(out backend)" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_BACKEND/" backend
+# The gateways sign assertions with the backend's secret.
+cp "$WORK/backend/assertion.key" "$WORK/off/" && cp "$WORK/backend/assertion.key" "$WORK/full/"
+
+LD_PRELOAD="${GATEWAY_LD_PRELOAD:-}" "$BIN" serve --config "$WORK/off.toml" --data-dir "$WORK/off" --api-addr "127.0.0.1:$P_OFF" \
+    --auth-addr "127.0.0.1:$P_OFF_AUTH" --admin-addr "127.0.0.1:$P_OFF_ADMIN" \
+    >"$(out off-audit)" 2>"$(out off)" &
+PIDS+=($!)
+OFF_PID=$!
+LD_PRELOAD="${GATEWAY_LD_PRELOAD:-}" "$BIN" serve --config "$WORK/full.toml" --data-dir "$WORK/full" --api-addr "127.0.0.1:$P_FULL" \
+    --auth-addr "127.0.0.1:$P_FULL_AUTH" --admin-addr "127.0.0.1:$P_FULL_ADMIN" \
+    >"$(out full-audit)" 2>"$(out full)" &
+PIDS+=($!)
+FULL_PID=$!
+
+NGINX_USER=""
+[ "$(id -u)" -eq 0 ] && NGINX_USER="user root;"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# A plain reverse proxy, tuned as for production: as many workers as cedargate's threads,
+# keep-alive to the backend, access log written (to /dev/null, like cedargate's here).
+$NGINX_USER
+worker_processes 2;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log /dev/null;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    keepalive_requests 100000;
+    upstream backend {
+        server 127.0.0.1:$P_BACKEND;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+EOF
+"$NGINX" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >"$(out nginx)" 2>&1 &
+PIDS+=($!)
+
+wait_http "http://127.0.0.1:$P_OFF_ADMIN/readyz" off
+wait_http "http://127.0.0.1:$P_FULL_ADMIN/readyz" full
+wait_http "http://127.0.0.1:$P_NGINX/" nginx
+
+"$BIN" bench http-mix --config "$WORK/full.toml" --data-dir "$WORK/full" \
+    --assertion-data-dir "$WORK/backend" >"$WORK/mix.tsv"
+
+declare -A URL=(
+    [backend]="http://127.0.0.1:$P_BACKEND"
+    [nginx]="http://127.0.0.1:$P_NGINX"
+    [proxy_only]="http://127.0.0.1:$P_OFF"
+    [pipeline]="http://127.0.0.1:$P_FULL"
+)
+TARGETS=(backend nginx proxy_only pipeline)
+
+# The targets without the pipeline get the pre-signed assertion the gateway would have added;
+# clients of the full pipeline send only their bearer token.
+assertion_for() { if [ "$1" = pipeline ]; then echo 0; else echo 1; fi; }
+
+# Every request of the mix must be answered 200 by every target, or the comparison is void.
+while IFS=$'\t' read -r method path token assertion; do
+    for t in "${TARGETS[@]}"; do
+        extra=()
+        [ "$(assertion_for "$t")" = 1 ] && extra=(-H "X-Cedargate-Assertion: $assertion")
+        code=$(curl -s -o /dev/null -w '%{http_code}' -X "$method" \
+            -H "Authorization: Bearer $token" "${extra[@]}" "${URL[$t]}$path")
+        if [ "$code" != 200 ]; then
+            log "$t answered $code to $method $path"
+            exit 1
+        fi
+    done
+done <"$WORK/mix.tsv"
+log "$(wc -l <"$WORK/mix.tsv") requests in the mix, each answered 200 by every target"
+
+RSS_AFTER_START=$(awk '/^VmRSS/ {print $2}' "/proc/$FULL_PID/status")
+
+# run_wrk target connections duration [mean delay ms] -> "rps p50 p99 p999" (µs)
+run_wrk() {
+    local target=$1 conns=$2 secs=$3 delay=${4:-}
+    local threads=$THREADS
+    [ "$conns" -lt "$threads" ] && threads=$conns
+    local result
+    result=$(CEDARGATE_BENCH_MIX="$WORK/mix.tsv" CEDARGATE_BENCH_DELAY_MS="$delay" \
+        CEDARGATE_BENCH_ASSERTION="$(assertion_for "$target")" \
+        timeout $((secs + 30)) wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 5s \
+        -s "$ROOT/bench/wrk/mix.lua" "${URL[$target]}/" | grep '^RESULT')
+    local requests duration p50 p99 p999 errors
+    requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$result")
+    duration=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$result")
+    p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$result")
+    p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$result")
+    p999=$(sed -E 's/.*p999_us=([0-9]+).*/\1/' <<<"$result")
+    errors=$(grep -oE 'errors_[a-z]+=[0-9]+' <<<"$result" | awk -F= '{s+=$2} END {print s+0}')
+    if [ "$errors" != 0 ]; then
+        log "$target: $errors failed or non-2xx answers: $result"
+        exit 1
+    fi
+    echo "$(awk -v r="$requests" -v d="$duration" 'BEGIN {printf "%.0f", r / (d / 1e6)}') $p50 $p99 $p999"
+}
+
+ms() { awk -v u="$1" 'BEGIN {printf "%.3f ms", u / 1000}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f×", a / b}'; }
+
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+for round in $(seq 1 "${ROUNDS:-3}"); do
+  for t in ${AB_TARGETS:-proxy_only pipeline}; do
+    pid=$FULL_PID; [ "$t" = proxy_only ] && pid=$OFF_PID
+    run_wrk "$t" "$CONNECTIONS" 2 >/dev/null
+    c0=$(cpu_ticks $pid)
+    if [ -n "${PERF_OUT:-}" ] && [ "$t" = pipeline ]; then
+      (sleep 1; perf record -F 2000 -g --call-graph dwarf,16384 -p $pid -o "$PERF_OUT" -- sleep 3 >/dev/null 2>&1) &
+    fi
+    res=$(run_wrk "$t" "$CONNECTIONS" "$DURATION")
+    c1=$(cpu_ticks $pid)
+    read -r rps p50 p99 p999 <<<"$res"
+    echo "$t rps=$rps p50=$p50 p99=$p99 cpu_us_per_req=$(awk -v c=$((c1-c0)) -v hz=$HZ -v r=$rps -v d=$DURATION 'BEGIN{printf "%.1f", c/hz*1e6/(r*d)}')"
+  done
+done
