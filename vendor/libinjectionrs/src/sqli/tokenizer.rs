@@ -257,6 +257,27 @@ pub struct SqliTokenizer<'a> {
     pub stats_comment_hash: i32,
 }
 
+// PATCH (cedargate): the delimiters of `parse_word` (C: strlencspn's set), as a table.
+const WORD_DELIMITERS: &[u8] = b" []{}<>:\\?=@!#~+-*/&|^%(),';	\n\x0B\x0C\r\"\xA0\x00";
+
+static WORD_DELIMITER_TABLE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < WORD_DELIMITERS.len() {
+        table[WORD_DELIMITERS[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[cfg(test)]
+#[test]
+fn word_delimiter_table_matches_the_list() {
+    for b in 0..=255u8 {
+        assert_eq!(WORD_DELIMITER_TABLE[b as usize], WORD_DELIMITERS.contains(&b), "{b}");
+    }
+}
+
 impl<'a> SqliTokenizer<'a> {
     pub fn new(input: &'a [u8], flags: SqliFlags) -> Self {
         Self {
@@ -914,10 +935,10 @@ impl<'a> SqliTokenizer<'a> {
         let slen = self.input.len();
         
         // Find word boundary - matches C version's strlencspn character set
-        let word_chars = b" []{}<>:\\?=@!#~+-*/&|^%(),';	\n\x0B\x0C\r\"\xA0\x00";
+        // PATCH (cedargate): a byte table built from the same list (`WORD_DELIMITERS`) instead
+        // of a `contains` scan of the list for every byte.
         let mut end_pos = pos;
-        
-        while end_pos < slen && !word_chars.contains(&self.input[end_pos]) {
+        while end_pos < slen && !WORD_DELIMITER_TABLE[self.input[end_pos] as usize] {
             end_pos += 1;
         }
         
