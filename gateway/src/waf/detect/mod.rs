@@ -3,6 +3,7 @@
 //! normalised (`decode`) and checked (`rules`). Stateless after construction.
 
 mod decode;
+mod literals;
 mod rules;
 
 use std::borrow::Cow;

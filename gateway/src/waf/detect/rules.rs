@@ -5,9 +5,11 @@
 
 use std::sync::LazyLock;
 
+use aho_corasick::AhoCorasick;
 use regex::bytes::{Regex, RegexSet};
 
 use super::Rule;
+use super::literals;
 
 /// Characters that cannot form any payload alone.
 fn is_plain(v: &[u8]) -> bool {
@@ -19,6 +21,23 @@ fn is_plain(v: &[u8]) -> bool {
             )
     })
 }
+
+/// A folded plain value (see [`is_plain`]): lower-case letters, digits and these.
+fn is_plain_folded(b: u8) -> bool {
+    b.is_ascii_lowercase()
+        || b.is_ascii_digit()
+        || matches!(
+            b,
+            b' ' | b'-' | b'_' | b'.' | b',' | b'@' | b':' | b'!' | b'?'
+        )
+}
+
+/// The keywords one of which a plain value needs before any [`SQL`] rule can match it
+/// (`None`: run them all); most rules need a quote, `(`, `;` or `=`, which plain values lack.
+static PLAIN_SQL_GATE: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
+    let patterns: Vec<&str> = SQL.patterns().iter().map(String::as_str).collect();
+    literals::gate_for_alphabet(&patterns, is_plain_folded).expect("SQL rules readable")
+});
 
 static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
@@ -199,7 +218,8 @@ pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec
         // Plain words can still spell a SQL statement: only these rules can match them.
         if value.len() >= 6 {
             let f = fold(value);
-            if SQL.is_match(&f) {
+            let gate = PLAIN_SQL_GATE.as_ref();
+            if gate.is_none_or(|g| g.is_match(&f)) && SQL.is_match(&f) {
                 out.push(Rule::Sqli);
             }
         }
@@ -279,6 +299,63 @@ mod tests {
         ] {
             assert!(rules(v).contains(&rule), "{v:?}: {:?}", rules(v));
         }
+    }
+
+    /// The plain-value gate never hides a match of the SQL rules: plain values built from
+    /// the rules' own keywords, numbers and punctuation, with and without the gate.
+    #[test]
+    fn the_plain_sql_gate_never_skips_a_match() {
+        let words: Vec<String> = SQL
+            .patterns()
+            .iter()
+            .flat_map(|p| {
+                p.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '@'))
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .chain(
+                [
+                    "1",
+                    "2",
+                    "x",
+                    "a,b",
+                    "::int",
+                    "@@version",
+                    "mysql.user",
+                    "--",
+                    "*",
+                ]
+                .map(String::from),
+            )
+            .filter(|w| is_plain(w.as_bytes()))
+            .collect();
+        let seps = [" ", "  ", "-", "_", ".", ",", "@", ":", "::", "!", "?", ""];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize
+        };
+        let (mut matched, mut skipped) = (0, 0);
+        for _ in 0..200_000 {
+            let mut v = String::new();
+            for _ in 0..(1 + next() % 6) {
+                v.push_str(&words[next() % words.len()]);
+                v.push_str(seps[next() % seps.len()]);
+            }
+            if !is_plain(v.as_bytes()) {
+                continue;
+            }
+            let f = fold(v.as_bytes());
+            let sql = SQL.is_match(&f);
+            let gate = PLAIN_SQL_GATE.as_ref().is_none_or(|g| g.is_match(&f));
+            assert!(gate || !sql, "the gate skipped a match: {v:?}");
+            matched += usize::from(sql);
+            skipped += usize::from(!gate);
+        }
+        assert!(matched > 1000 && skipped > 1000, "{matched} {skipped}");
     }
 
     #[test]
