@@ -7,6 +7,7 @@ mod literals;
 mod rules;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 pub use decode::normalize;
 
@@ -133,6 +134,8 @@ struct Scan<'s> {
     skip: &'s dyn Fn(Rule, Part, &str) -> bool,
     on_hit: &'s mut dyn FnMut(Hit) -> bool,
     found: Vec<Rule>,
+    /// The folded value, reused from value to value.
+    folded: Vec<u8>,
     stopped: bool,
 }
 
@@ -149,10 +152,16 @@ impl Scan<'_> {
             part,
             Part::Path | Part::QueryName | Part::Cookie | Part::Header
         );
-        rules::check_in(&value, part == Part::Header, line_field, &mut found);
+        rules::check_in(
+            &value,
+            part == Part::Header,
+            line_field,
+            &mut found,
+            &mut self.folded,
+        );
         if part == Part::Path
             && !found.contains(&Rule::PathTraversal)
-            && rules::restricted_file(&value)
+            && rules::restricted_file(&value, &mut self.folded)
         {
             found.push(Rule::PathTraversal);
         }
@@ -199,13 +208,12 @@ impl Scan<'_> {
         }
         match v {
             serde_json::Value::String(s) => {
-                let p = path.clone();
-                self.value(Part::BodyValue, &p, s.as_bytes(), false);
+                self.value(Part::BodyValue, path, s.as_bytes(), false);
             }
             serde_json::Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
-                    path.push_str(&format!("[{i}]"));
+                    let _ = write!(path, "[{i}]");
                     self.json(item, path, depth + 1);
                     path.truncate(len);
                 }
@@ -217,8 +225,7 @@ impl Scan<'_> {
                         path.push('.');
                     }
                     path.push_str(k);
-                    let p = path.clone();
-                    if !self.value(Part::BodyKey, &p, k.as_bytes(), false) {
+                    if !self.value(Part::BodyKey, path, k.as_bytes(), false) {
                         return;
                     }
                     self.json(item, path, depth + 1);
@@ -272,6 +279,7 @@ impl Detector {
             skip,
             on_hit,
             found: Vec::new(),
+            folded: Vec::new(),
             stopped: false,
         };
         for segment in req.path.split('/').filter(|s| !s.is_empty()) {

@@ -158,14 +158,25 @@ static RESTRICTED: LazyLock<Regex> = LazyLock::new(|| {
 
 /// A path segment naming a file an API never serves: dotfiles and dot-directories, backups,
 /// logs, dumps, keys, archives.
-pub fn restricted_file(segment: &[u8]) -> bool {
-    RESTRICTED.is_match(&fold(segment))
+/// `scratch` is reused for the folded segment.
+pub fn restricted_file(segment: &[u8], scratch: &mut Vec<u8>) -> bool {
+    fold_into(segment, scratch);
+    RESTRICTED.is_match(scratch)
 }
 
 /// Lower-cased with runs of whitespace (and SQL comments between words) collapsed, so
 /// `UNION/**/SELECT` and `union   select` look alike.
+#[cfg(test)]
 fn fold(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len());
+    let mut out = Vec::new();
+    fold_into(v, &mut out);
+    out
+}
+
+/// [`fold`] into `out` (cleared first), so a scan reuses one buffer.
+fn fold_into(v: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(v.len());
     let mut i = 0;
     let mut space = false;
     while i < v.len() {
@@ -201,65 +212,73 @@ fn fold(v: &[u8]) -> Vec<u8> {
         }
         i += 1;
     }
-    out
 }
 
 /// Which rules a value breaks, in order of precedence, each at most once.
 #[cfg(test)]
 pub fn check(value: &[u8], header_like: bool, out: &mut Vec<Rule>) {
-    check_in(value, header_like, false, out)
+    check_in(value, header_like, false, out, &mut Vec::new())
 }
 
 /// [`check`], where `line_field` says the value may not hold line breaks at all (query,
-/// cookie, path): a CR or LF there is a header or response-splitting attempt.
-pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec<Rule>) {
+/// cookie, path): a CR or LF there is a header or response-splitting attempt. `scratch` is
+/// reused for the folded value.
+pub fn check_in(
+    value: &[u8],
+    header_like: bool,
+    line_field: bool,
+    out: &mut Vec<Rule>,
+    scratch: &mut Vec<u8>,
+) {
     out.clear();
     if value.len() < 2 || is_plain(value) {
         // Plain words can still spell a SQL statement: only these rules can match them.
         if value.len() >= 6 {
-            let f = fold(value);
+            fold_into(value, scratch);
+            let f = scratch.as_slice();
             let gate = PLAIN_SQL_GATE.as_ref();
-            if gate.is_none_or(|g| g.is_match(&f)) && SQL.is_match(&f) {
+            if gate.is_none_or(|g| g.is_match(f)) && SQL.is_match(f) {
                 out.push(Rule::Sqli);
             }
         }
         return;
     }
-    let f = fold(value);
+    fold_into(value, scratch);
+    let f = scratch.as_slice();
     let has = |c: u8| f.contains(&c);
     let has_text = |t: &[u8]| f.windows(t.len()).any(|w| w == t);
     let crlf = has(b'\r') || has(b'\n');
     if (line_field && crlf)
-        || (!header_like && (crlf || has_text(b"http/")) && PROTOCOL.is_match(&f))
+        || (!header_like && (crlf || has_text(b"http/")) && PROTOCOL.is_match(f))
     {
         out.push(Rule::ProtocolAttack);
     }
-    if has_text(b"program") && COPY_PROGRAM.is_match(&f) {
+    if has_text(b"program") && COPY_PROGRAM.is_match(f) {
         out.push(Rule::SqlCopyProgram);
     }
     let sql_chars = value
         .iter()
         .any(|b| matches!(b, b'\'' | b'"' | b'`' | b';' | b'=' | b'#'))
         || f.windows(2).any(|w| w == b"--" || w == b"/*");
-    if (sql_chars && libinjectionrs::detect_sqli(value).is_injection()) || SQL.is_match(&f) {
+    if (sql_chars && libinjectionrs::detect_sqli(value).is_injection()) || SQL.is_match(f) {
         out.push(Rule::Sqli);
     }
-    if has(b':') && JS_URL.is_match(&f) {
+    if has(b':') && JS_URL.is_match(f) {
         out.push(Rule::JavascriptUrl);
     }
     if (f.contains(&b'<') || f.contains(&b'=') || f.contains(&b'(') || f.contains(&b'`'))
-        && (XSS.is_match(&f)
+        && (XSS.is_match(f)
             || (f.contains(&b'<') && libinjectionrs::detect_xss(value).is_injection()))
     {
         out.push(Rule::Xss);
     }
-    if (has(b'/') || has(b'\\') || has(b':')) && TRAVERSAL.is_match(&f) {
+    if (has(b'/') || has(b'\\') || has(b':')) && TRAVERSAL.is_match(f) {
         out.push(Rule::PathTraversal);
     }
-    if COMMAND.is_match(&f) {
+    if COMMAND.is_match(f) {
         out.push(Rule::CommandInjection);
     }
-    if (has(b'{') || has(b'%') || has(b'$')) && TEMPLATE.is_match(&f) {
+    if (has(b'{') || has(b'%') || has(b'$')) && TEMPLATE.is_match(f) {
         out.push(Rule::TemplateInjection);
     }
 }
