@@ -3,6 +3,7 @@
 //! normalised (`decode`) and checked (`rules`). Stateless after construction.
 
 mod decode;
+mod json;
 mod literals;
 mod rules;
 
@@ -10,6 +11,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 pub use decode::normalize;
+use json::Json;
 
 /// Which part of the request a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,15 +204,15 @@ impl Scan<'_> {
         }
     }
 
-    fn json(&mut self, v: &serde_json::Value, path: &mut String, depth: usize) {
+    fn json(&mut self, v: &Json<'_>, path: &mut String, depth: usize) {
         if self.stopped || depth > MAX_DEPTH {
             return;
         }
         match v {
-            serde_json::Value::String(s) => {
+            Json::Str(s) => {
                 self.value(Part::BodyValue, path, s.as_bytes(), false);
             }
-            serde_json::Value::Array(items) => {
+            Json::Arr(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
                     let _ = write!(path, "[{i}]");
@@ -218,8 +220,8 @@ impl Scan<'_> {
                     path.truncate(len);
                 }
             }
-            serde_json::Value::Object(map) => {
-                for (k, item) in map {
+            Json::Obj(entries) => {
+                for (k, item) in entries {
                     let len = path.len();
                     if !path.is_empty() {
                         path.push('.');
@@ -232,7 +234,7 @@ impl Scan<'_> {
                     path.truncate(len);
                 }
             }
-            _ => {}
+            Json::Other => {}
         }
     }
 }
@@ -309,7 +311,7 @@ impl Detector {
             ct.contains("json") || body.first().is_some_and(|b| *b == b'{' || *b == b'[');
         if json_like
             && !req.body_truncated
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+            && let Ok(v) = serde_json::from_slice::<Json<'_>>(body)
         {
             scan.json(&v, &mut String::new(), 0);
             return;
