@@ -3,11 +3,15 @@
 //! normalised (`decode`) and checked (`rules`). Stateless after construction.
 
 mod decode;
+mod json;
+mod literals;
 mod rules;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 pub use decode::normalize;
+use json::Json;
 
 /// Which part of the request a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,6 +136,8 @@ struct Scan<'s> {
     skip: &'s dyn Fn(Rule, Part, &str) -> bool,
     on_hit: &'s mut dyn FnMut(Hit) -> bool,
     found: Vec<Rule>,
+    /// The folded value, reused from value to value.
+    folded: Vec<u8>,
     stopped: bool,
 }
 
@@ -148,10 +154,16 @@ impl Scan<'_> {
             part,
             Part::Path | Part::QueryName | Part::Cookie | Part::Header
         );
-        rules::check_in(&value, part == Part::Header, line_field, &mut found);
+        rules::check_in(
+            &value,
+            part == Part::Header,
+            line_field,
+            &mut found,
+            &mut self.folded,
+        );
         if part == Part::Path
             && !found.contains(&Rule::PathTraversal)
-            && rules::restricted_file(&value)
+            && rules::restricted_file(&value, &mut self.folded)
         {
             found.push(Rule::PathTraversal);
         }
@@ -192,39 +204,37 @@ impl Scan<'_> {
         }
     }
 
-    fn json(&mut self, v: &serde_json::Value, path: &mut String, depth: usize) {
+    fn json(&mut self, v: &Json<'_>, path: &mut String, depth: usize) {
         if self.stopped || depth > MAX_DEPTH {
             return;
         }
         match v {
-            serde_json::Value::String(s) => {
-                let p = path.clone();
-                self.value(Part::BodyValue, &p, s.as_bytes(), false);
+            Json::Str(s) => {
+                self.value(Part::BodyValue, path, s.as_bytes(), false);
             }
-            serde_json::Value::Array(items) => {
+            Json::Arr(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
-                    path.push_str(&format!("[{i}]"));
+                    let _ = write!(path, "[{i}]");
                     self.json(item, path, depth + 1);
                     path.truncate(len);
                 }
             }
-            serde_json::Value::Object(map) => {
-                for (k, item) in map {
+            Json::Obj(entries) => {
+                for (k, item) in entries {
                     let len = path.len();
                     if !path.is_empty() {
                         path.push('.');
                     }
                     path.push_str(k);
-                    let p = path.clone();
-                    if !self.value(Part::BodyKey, &p, k.as_bytes(), false) {
+                    if !self.value(Part::BodyKey, path, k.as_bytes(), false) {
                         return;
                     }
                     self.json(item, path, depth + 1);
                     path.truncate(len);
                 }
             }
-            _ => {}
+            Json::Other => {}
         }
     }
 }
@@ -271,6 +281,7 @@ impl Detector {
             skip,
             on_hit,
             found: Vec::new(),
+            folded: Vec::new(),
             stopped: false,
         };
         for segment in req.path.split('/').filter(|s| !s.is_empty()) {
@@ -300,7 +311,7 @@ impl Detector {
             ct.contains("json") || body.first().is_some_and(|b| *b == b'{' || *b == b'[');
         if json_like
             && !req.body_truncated
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+            && let Ok(v) = serde_json::from_slice::<Json<'_>>(body)
         {
             scan.json(&v, &mut String::new(), 0);
             return;

@@ -5,9 +5,11 @@
 
 use std::sync::LazyLock;
 
+use aho_corasick::AhoCorasick;
 use regex::bytes::{Regex, RegexSet};
 
 use super::Rule;
+use super::literals;
 
 /// Characters that cannot form any payload alone.
 fn is_plain(v: &[u8]) -> bool {
@@ -19,6 +21,23 @@ fn is_plain(v: &[u8]) -> bool {
             )
     })
 }
+
+/// A folded plain value (see [`is_plain`]): lower-case letters, digits and these.
+fn is_plain_folded(b: u8) -> bool {
+    b.is_ascii_lowercase()
+        || b.is_ascii_digit()
+        || matches!(
+            b,
+            b' ' | b'-' | b'_' | b'.' | b',' | b'@' | b':' | b'!' | b'?'
+        )
+}
+
+/// The keywords one of which a plain value needs before any [`SQL`] rule can match it
+/// (`None`: run them all); most rules need a quote, `(`, `;` or `=`, which plain values lack.
+static PLAIN_SQL_GATE: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
+    let patterns: Vec<&str> = SQL.patterns().iter().map(String::as_str).collect();
+    literals::gate_for_alphabet(&patterns, is_plain_folded).expect("SQL rules readable")
+});
 
 static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
@@ -139,14 +158,25 @@ static RESTRICTED: LazyLock<Regex> = LazyLock::new(|| {
 
 /// A path segment naming a file an API never serves: dotfiles and dot-directories, backups,
 /// logs, dumps, keys, archives.
-pub fn restricted_file(segment: &[u8]) -> bool {
-    RESTRICTED.is_match(&fold(segment))
+/// `scratch` is reused for the folded segment.
+pub fn restricted_file(segment: &[u8], scratch: &mut Vec<u8>) -> bool {
+    fold_into(segment, scratch);
+    RESTRICTED.is_match(scratch)
 }
 
 /// Lower-cased with runs of whitespace (and SQL comments between words) collapsed, so
 /// `UNION/**/SELECT` and `union   select` look alike.
+#[cfg(test)]
 fn fold(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len());
+    let mut out = Vec::new();
+    fold_into(v, &mut out);
+    out
+}
+
+/// [`fold`] into `out` (cleared first), so a scan reuses one buffer.
+fn fold_into(v: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(v.len());
     let mut i = 0;
     let mut space = false;
     while i < v.len() {
@@ -182,64 +212,73 @@ fn fold(v: &[u8]) -> Vec<u8> {
         }
         i += 1;
     }
-    out
 }
 
 /// Which rules a value breaks, in order of precedence, each at most once.
 #[cfg(test)]
 pub fn check(value: &[u8], header_like: bool, out: &mut Vec<Rule>) {
-    check_in(value, header_like, false, out)
+    check_in(value, header_like, false, out, &mut Vec::new())
 }
 
 /// [`check`], where `line_field` says the value may not hold line breaks at all (query,
-/// cookie, path): a CR or LF there is a header or response-splitting attempt.
-pub fn check_in(value: &[u8], header_like: bool, line_field: bool, out: &mut Vec<Rule>) {
+/// cookie, path): a CR or LF there is a header or response-splitting attempt. `scratch` is
+/// reused for the folded value.
+pub fn check_in(
+    value: &[u8],
+    header_like: bool,
+    line_field: bool,
+    out: &mut Vec<Rule>,
+    scratch: &mut Vec<u8>,
+) {
     out.clear();
     if value.len() < 2 || is_plain(value) {
         // Plain words can still spell a SQL statement: only these rules can match them.
         if value.len() >= 6 {
-            let f = fold(value);
-            if SQL.is_match(&f) {
+            fold_into(value, scratch);
+            let f = scratch.as_slice();
+            let gate = PLAIN_SQL_GATE.as_ref();
+            if gate.is_none_or(|g| g.is_match(f)) && SQL.is_match(f) {
                 out.push(Rule::Sqli);
             }
         }
         return;
     }
-    let f = fold(value);
+    fold_into(value, scratch);
+    let f = scratch.as_slice();
     let has = |c: u8| f.contains(&c);
     let has_text = |t: &[u8]| f.windows(t.len()).any(|w| w == t);
     let crlf = has(b'\r') || has(b'\n');
     if (line_field && crlf)
-        || (!header_like && (crlf || has_text(b"http/")) && PROTOCOL.is_match(&f))
+        || (!header_like && (crlf || has_text(b"http/")) && PROTOCOL.is_match(f))
     {
         out.push(Rule::ProtocolAttack);
     }
-    if has_text(b"program") && COPY_PROGRAM.is_match(&f) {
+    if has_text(b"program") && COPY_PROGRAM.is_match(f) {
         out.push(Rule::SqlCopyProgram);
     }
     let sql_chars = value
         .iter()
         .any(|b| matches!(b, b'\'' | b'"' | b'`' | b';' | b'=' | b'#'))
         || f.windows(2).any(|w| w == b"--" || w == b"/*");
-    if (sql_chars && libinjectionrs::detect_sqli(value).is_injection()) || SQL.is_match(&f) {
+    if (sql_chars && libinjectionrs::detect_sqli(value).is_injection()) || SQL.is_match(f) {
         out.push(Rule::Sqli);
     }
-    if has(b':') && JS_URL.is_match(&f) {
+    if has(b':') && JS_URL.is_match(f) {
         out.push(Rule::JavascriptUrl);
     }
     if (f.contains(&b'<') || f.contains(&b'=') || f.contains(&b'(') || f.contains(&b'`'))
-        && (XSS.is_match(&f)
+        && (XSS.is_match(f)
             || (f.contains(&b'<') && libinjectionrs::detect_xss(value).is_injection()))
     {
         out.push(Rule::Xss);
     }
-    if (has(b'/') || has(b'\\') || has(b':')) && TRAVERSAL.is_match(&f) {
+    if (has(b'/') || has(b'\\') || has(b':')) && TRAVERSAL.is_match(f) {
         out.push(Rule::PathTraversal);
     }
-    if COMMAND.is_match(&f) {
+    if COMMAND.is_match(f) {
         out.push(Rule::CommandInjection);
     }
-    if (has(b'{') || has(b'%') || has(b'$')) && TEMPLATE.is_match(&f) {
+    if (has(b'{') || has(b'%') || has(b'$')) && TEMPLATE.is_match(f) {
         out.push(Rule::TemplateInjection);
     }
 }
@@ -279,6 +318,63 @@ mod tests {
         ] {
             assert!(rules(v).contains(&rule), "{v:?}: {:?}", rules(v));
         }
+    }
+
+    /// The plain-value gate never hides a match of the SQL rules: plain values built from
+    /// the rules' own keywords, numbers and punctuation, with and without the gate.
+    #[test]
+    fn the_plain_sql_gate_never_skips_a_match() {
+        let words: Vec<String> = SQL
+            .patterns()
+            .iter()
+            .flat_map(|p| {
+                p.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '@'))
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .chain(
+                [
+                    "1",
+                    "2",
+                    "x",
+                    "a,b",
+                    "::int",
+                    "@@version",
+                    "mysql.user",
+                    "--",
+                    "*",
+                ]
+                .map(String::from),
+            )
+            .filter(|w| is_plain(w.as_bytes()))
+            .collect();
+        let seps = [" ", "  ", "-", "_", ".", ",", "@", ":", "::", "!", "?", ""];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize
+        };
+        let (mut matched, mut skipped) = (0, 0);
+        for _ in 0..200_000 {
+            let mut v = String::new();
+            for _ in 0..(1 + next() % 6) {
+                v.push_str(&words[next() % words.len()]);
+                v.push_str(seps[next() % seps.len()]);
+            }
+            if !is_plain(v.as_bytes()) {
+                continue;
+            }
+            let f = fold(v.as_bytes());
+            let sql = SQL.is_match(&f);
+            let gate = PLAIN_SQL_GATE.as_ref().is_none_or(|g| g.is_match(&f));
+            assert!(gate || !sql, "the gate skipped a match: {v:?}");
+            matched += usize::from(sql);
+            skipped += usize::from(!gate);
+        }
+        assert!(matched > 1000 && skipped > 1000, "{matched} {skipped}");
     }
 
     #[test]

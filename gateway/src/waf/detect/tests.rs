@@ -161,3 +161,14 @@ fn nothing_panics() {
         assert!(result.is_ok(), "panicked on {input:?}");
     }
 }
+
+/// A `serde_json::Value` kept only the last of duplicate keys; a backend may read the first.
+#[test]
+fn every_duplicate_json_key_is_scanned() {
+    let body = br#"{"note":"<script>alert(1)</script>","note":"fine"}"#;
+    let h = hits(&view("/a", None, &[], Some("application/json"), body));
+    assert_eq!(
+        (h[0].rule, h[0].part, h[0].name.as_str()),
+        (Rule::Xss, Part::BodyValue, "note")
+    );
+}
