@@ -468,6 +468,10 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         admin = %config.listeners.admin,
         "cedargate listening"
     );
+    // Startup (policies, WAF rules, the backend's load) left freed memory in this thread's
+    // allocator heap; hand it back before serving, so the idle process stays small.
+    // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes no pointer.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     server.run(pingora::server::RunArgs::default());
     // Lines queued during the last milliseconds of the drain.
     crate::lines::flush_all();
