@@ -19,7 +19,8 @@
 # default 12), CONNECTIONS (max load, default 64), THREADS (wrk threads, default 2),
 # RATE_DELAY_MS (mean pause per connection at fixed rate, default 10), BENCH_LOGS=1 keeps the
 # servers' logs in the work dir (they are large: one access and one audit line per request),
-# CEDARGATE_BIN runs that binary instead of building one, GATEWAY_LD_PRELOAD is preloaded into
+# CEDARGATE_BIN runs that binary instead of building one, WORK_STEALING=false turns off
+# `[server] work_stealing` in the two gateways, GATEWAY_LD_PRELOAD is preloaded into
 # the two gateways only (e.g. an allocator: /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 from
 # Debian's libjemalloc2; see bench/README.md).
 # The whole run takes about 3 minutes after the build.
@@ -107,6 +108,7 @@ gateway_config() { # file, pipeline (true|false)
         -e '/^\[rate_limit.ip\]/,/^limit = / s/^limit = 100$/limit = 1000000000/' \
         -e 's|^mode = "embedded".*|mode = "external"\naddress = "127.0.0.1:'"$P_BACKEND"'"|' \
         -e '/^socket = "backend.sock"/d' \
+        -e "s/^work_stealing = true/work_stealing = ${WORK_STEALING:-true}/" \
         "$ROOT/config/cedargate.toml" >"$1"
     if [ "$2" = false ]; then printf '\n[pipeline]\nenabled = false\n' >>"$1"; fi
     grep -q '^limit = 1000000000' "$1" || { log "could not raise the IP limit in $1"; exit 1; }
