@@ -159,17 +159,18 @@ impl Directory {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "the user directory is unreachable");
+                crate::metrics::upstream_error("DirectoryUnreachable");
                 GatewayError::UpstreamUnavailable
             })?;
         match resp.status().as_u16() {
-            200 => resp
-                .json::<DelegatedUser>()
-                .await
-                .map(Some)
-                .map_err(|_| GatewayError::UpstreamUnavailable),
+            200 => resp.json::<DelegatedUser>().await.map(Some).map_err(|_| {
+                crate::metrics::upstream_error("DirectoryInvalidAnswer");
+                GatewayError::UpstreamUnavailable
+            }),
             404 | 403 => Ok(None),
             status => {
                 tracing::warn!(status, "the user directory answered an error");
+                crate::metrics::upstream_error("DirectoryError");
                 Err(GatewayError::UpstreamUnavailable)
             }
         }

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metric registry.
@@ -47,21 +47,65 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     c
 }
 
+/// A counter whose label sets are all known: each one is shown (at 0) from the start, so a
+/// rate or a ratio over it is defined before the first event.
+fn counter_with(name: &str, help: &str, labels: &[&str], values: &[&[&str]]) -> IntCounterVec {
+    let c = counter(name, help, labels);
+    for v in values {
+        let _ = c.with_label_values(v);
+    }
+    c
+}
+
 /// Policy reloads by result (ok, refused).
 pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+    counter_with(
         "cedargate_policy_reloads_total",
         "Policy reloads by result",
         &["result"],
+        &[&["ok"], &["refused"]],
     )
+});
+
+/// The policy sets in force: 1 for each set's current version.
+pub static POLICY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "cedargate_policy_version_info",
+            "The policy set in force (set: active or shadow; version: its content hash)",
+        ),
+        &["set", "version"],
+    )
+    .expect("valid metric");
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
 });
 
 /// Cache lookups by cache and result.
 pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+    let mut values: Vec<[&str; 2]> = Vec::new();
+    for cache in ["token", "decision", "delegation", "client_credentials"] {
+        for result in ["hit", "miss"] {
+            values.push([cache, result]);
+        }
+    }
+    let values: Vec<&[&str]> = values.iter().map(|v| &v[..]).collect();
+    counter_with(
         "cedargate_cache_lookups_total",
-        "Cache lookups by cache (decision, token) and result (hit, miss)",
+        "Cache lookups by cache (token: verified tokens, decision, delegation: the user \
+         directory, client_credentials: issued M2M tokens) and result (hit, miss)",
         &["cache", "result"],
+        &values,
+    )
+});
+
+/// Requests the backend could not answer, by pingora's error type (ConnectRefused,
+/// ConnectTimedout, ReadTimedout, ConnectionClosed, ...).
+pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_upstream_errors_total",
+        "Requests the backend could not answer, by error type",
+        &["kind"],
     )
 });
 
@@ -249,6 +293,20 @@ pub fn policy_reload(result: &str) {
     RELOADS.with_label_values(&[result]).inc();
 }
 
+/// Record the policy versions in force (after a load or a reload).
+pub fn policy_versions(active: &str, shadow: Option<&str>) {
+    POLICY.reset();
+    POLICY.with_label_values(&["active", active]).set(1);
+    if let Some(v) = shadow {
+        POLICY.with_label_values(&["shadow", v]).set(1);
+    }
+}
+
+/// Count a request the backend could not answer (`kind`: pingora's error type, a fixed set).
+pub fn upstream_error(kind: &'static str) {
+    UPSTREAM_ERRORS.with_label_values(&[kind]).inc();
+}
+
 /// Count a cache lookup.
 pub fn cache_lookup(cache: &str, hit: bool) {
     CACHE
@@ -391,6 +449,8 @@ pub fn render() -> String {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&LATENCY);
     LazyLock::force(&RELOADS);
+    LazyLock::force(&POLICY);
+    LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&CACHE);
     LazyLock::force(&SHADOW);
     LazyLock::force(&AUDIT_DROPPED);

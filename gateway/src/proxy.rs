@@ -548,7 +548,10 @@ impl ProxyHttp for Gateway {
                 };
             }
             _ => match e.esource() {
-                pingora::ErrorSource::Upstream => GatewayError::UpstreamUnavailable,
+                pingora::ErrorSource::Upstream => {
+                    crate::metrics::upstream_error(e.etype().as_str());
+                    GatewayError::UpstreamUnavailable
+                }
                 pingora::ErrorSource::Downstream => {
                     return FailToProxy {
                         error_code: 0,

@@ -127,3 +127,57 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
         "the token leaked into the logs"
     );
 }
+
+/// A backend that takes connections and closes them unanswered: requests get the 502 envelope
+/// and count as upstream errors, by pingora's error type.
+#[tokio::test]
+async fn upstream_errors_are_counted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text = e2e_tests::gateway::unlimited_config_text();
+    assert!(text.contains("mode = \"embedded\"") && text.contains("socket = \"backend.sock\""));
+    let text = text
+        .replace(
+            "mode = \"embedded\"",
+            &format!("mode = \"external\"\naddress = \"{addr}\""),
+        )
+        .replace("socket = \"backend.sock\"", "");
+    let config = e2e_tests::gateway::write_config(dir.path(), "cedargate.toml", &text);
+    let gw = Gateway::start_with(&config, &[]);
+    let scrape = || async {
+        send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
+            .await
+            .text()
+    };
+    let before = scrape().await;
+    assert_eq!(value(&before, "cedargate_upstream_errors_total"), 0.0);
+    let member = gw.mint(&human("Member", "app"), None);
+    send(
+        &client(),
+        "GET",
+        &gw.api_url("/app/v1/workspaces/ws-demo/missions"),
+        &[bearer(&member)],
+        None,
+    )
+    .await
+    .assert_error(502, "server/upstream_unavailable");
+    let after = scrape().await;
+    assert!(
+        value(&after, "cedargate_upstream_errors_total{kind=") >= 1.0,
+        "{after}"
+    );
+    // Ratios are defined before the first lookup: every cache's hit and miss series exist.
+    for cache in ["token", "decision", "delegation", "client_credentials"] {
+        for result in ["hit", "miss"] {
+            let series =
+                format!("cedargate_cache_lookups_total{{cache=\"{cache}\",result=\"{result}\"}}");
+            assert!(before.contains(&series), "{series} missing:\n{before}");
+        }
+    }
+}

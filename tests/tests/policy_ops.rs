@@ -104,6 +104,18 @@ async fn admin_reload_applies_good_sets_and_refuses_bad_ones() {
     let member = gw.mint(&human("Member", "app"), None);
     assert_eq!(status(&gw, &member, BADGES).await, 200);
     let (_, before) = admin_json(&gw, "GET", "/admin/policies").await;
+    let version_series = |v: &Value| {
+        format!(
+            "cedargate_policy_version_info{{set=\"active\",version=\"{}\"}}",
+            v.as_str().unwrap()
+        )
+    };
+    // The version in force is a metric from the start; reload counters start at 0.
+    assert_eq!(metric(&gw, &version_series(&before["version"])).await, 1.0);
+    assert_eq!(
+        metric(&gw, "cedargate_policy_reloads_total{result=\"refused\"}").await,
+        0.0
+    );
 
     // A broken set is refused, decisions stay, the refusal is visible.
     write(
@@ -143,6 +155,20 @@ async fn admin_reload_applies_good_sets_and_refuses_bad_ones() {
     assert_eq!(code, 200, "{body}");
     assert_ne!(body["version"], before["version"]);
     assert_eq!(status(&gw, &member, BADGES).await, 403);
+    assert_eq!(
+        metric(&gw, "cedargate_policy_reloads_total{result=\"refused\"}").await,
+        2.0
+    );
+    assert_eq!(
+        metric(&gw, "cedargate_policy_reloads_total{result=\"ok\"}").await,
+        1.0
+    );
+    assert_eq!(metric(&gw, &version_series(&body["version"])).await, 1.0);
+    assert_eq!(
+        metric(&gw, &version_series(&before["version"])).await,
+        0.0,
+        "the replaced version is still shown"
+    );
     assert_eq!(
         status(&gw, &member, "/app/v1/workspaces/ws-demo/missions").await,
         200

@@ -234,6 +234,10 @@ impl Authorizer {
         cache: &DecisionCacheSettings,
     ) -> Result<Authorizer, Vec<String>> {
         let (active, shadow) = source.load()?;
+        crate::metrics::policy_versions(
+            &active.version,
+            shadow.as_ref().map(|s| s.version.as_str()),
+        );
         Ok(Authorizer {
             source,
             active: ArcSwap::from_pointee(active),
@@ -260,6 +264,10 @@ impl Authorizer {
             Ok((active, shadow)) => {
                 let version = active.version.clone();
                 let changed = version != self.active.load().version;
+                crate::metrics::policy_versions(
+                    &version,
+                    shadow.as_ref().map(|s| s.version.as_str()),
+                );
                 self.active.store(Arc::new(active));
                 self.shadow.store(shadow.map(Arc::new));
                 status.reloads += 1;

@@ -169,10 +169,15 @@ impl Waf {
     /// The WAF for `settings`; fails when an IP list cannot be read.
     pub fn new(settings: WafSettings) -> Result<Waf, String> {
         let lists = load_lists(&settings)?;
+        let detector = if settings.enabled {
+            Detector::new()
+        } else {
+            Detector::lazy()
+        };
         let waf = Waf {
             lists_fingerprint: std::sync::Mutex::new(fingerprint(&settings)),
             settings,
-            detector: Detector::new(),
+            detector,
             lists: ArcSwap::from_pointee(lists),
             log_budget: AtomicU64::new(0),
         };

@@ -264,8 +264,14 @@ fn looks_like_form(body: &[u8]) -> bool {
 }
 
 impl Detector {
-    /// The detector (rules compile on first use).
+    /// The detector, its rules compiled.
     pub fn new() -> Detector {
+        rules::compile_all();
+        Detector
+    }
+
+    /// The detector, its rules compiled on first use (detection turned off).
+    pub fn lazy() -> Detector {
         Detector
     }
 
