@@ -130,6 +130,26 @@ impl GatewayError {
         }
     }
 
+    /// Whether the client's connection may carry its next request after this answer: yes for
+    /// a well-formed request refused by policy (authentication, authorization, routing, rate
+    /// limits); no for malformed, oversized or hostile requests and for server faults, where
+    /// the connection's state is not trusted.
+    pub fn keeps_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingToken
+                | Self::InvalidToken(_)
+                | Self::ExpiredToken
+                | Self::TokenInQuery
+                | Self::IssuerUnavailable
+                | Self::AmbiguousQuery
+                | Self::RouteNotFound
+                | Self::Forbidden
+                | Self::InvalidDelegation(_)
+                | Self::RateLimited(_)
+        )
+    }
+
     /// The RFC 6750 `WWW-Authenticate` challenge, where one applies.
     pub fn www_authenticate(&self) -> Option<&'static str> {
         match self {

@@ -152,11 +152,7 @@ impl Gateway {
             .find(&req.method, &segments)
             .map(|m| bundle.routes.routes[m.route_index].action.clone());
         drop(segments);
-        let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            || req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
+        let has_body = respond::has_body(req);
         let mut body = BytesMut::new();
         let read_ahead = waf::read_ahead_length(req).filter(|_| self.waf.settings().enabled);
         if let Some(len) = read_ahead {

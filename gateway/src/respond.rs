@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pingora::Result;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::error::{GatewayError, envelope};
@@ -87,10 +87,23 @@ pub async fn error_with(
         rate_limit_headers(&mut resp, applied)?;
         resp.insert_header("retry-after", applied.retry_after_seconds().to_string())?;
     }
-    session.set_keepalive(None);
+    // A refused request without a body leaves the connection clean: the client's pool may
+    // reuse it. Anything with a body (possibly unread) or a hostile or malformed request closes.
+    if !err.keeps_connection() || has_body(session.req_header()) {
+        session.set_keepalive(None);
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// Whether the request announces a body (`Transfer-Encoding`, or a non-zero `Content-Length`).
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one rule.
