@@ -47,24 +47,18 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     c
 }
 
-/// A counter whose label sets are all known: each one is shown (at 0) from the start, so a
-/// rate or a ratio over it is defined before the first event.
-fn counter_with(name: &str, help: &str, labels: &[&str], values: &[&[&str]]) -> IntCounterVec {
-    let c = counter(name, help, labels);
-    for v in values {
-        let _ = c.with_label_values(v);
-    }
-    c
-}
-
-/// Policy reloads by result (ok, refused).
+/// Policy reloads by result (ok, refused); both series shown from the start (at 0), so a
+/// reload alert is defined before the first reload.
 pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_with(
+    let c = counter(
         "cedargate_policy_reloads_total",
         "Policy reloads by result",
         &["result"],
-        &[&["ok"], &["refused"]],
-    )
+    );
+    for result in ["ok", "refused"] {
+        let _ = c.with_label_values(&[result]);
+    }
+    c
 });
 
 /// The policy sets in force: 1 for each set's current version.
@@ -81,22 +75,21 @@ pub static POLICY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     g
 });
 
-/// Cache lookups by cache and result.
+/// Cache lookups by cache and result; every series shown from the start (at 0), so hit ratios
+/// are defined before the first lookup.
 pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let mut values: Vec<[&str; 2]> = Vec::new();
-    for cache in ["token", "decision", "delegation", "client_credentials"] {
-        for result in ["hit", "miss"] {
-            values.push([cache, result]);
-        }
-    }
-    let values: Vec<&[&str]> = values.iter().map(|v| &v[..]).collect();
-    counter_with(
+    let c = counter(
         "cedargate_cache_lookups_total",
         "Cache lookups by cache (token: verified tokens, decision, delegation: the user \
          directory, client_credentials: issued M2M tokens) and result (hit, miss)",
         &["cache", "result"],
-        &values,
-    )
+    );
+    for cache in ["token", "decision", "delegation", "client_credentials"] {
+        for result in ["hit", "miss"] {
+            let _ = c.with_label_values(&[cache, result]);
+        }
+    }
+    c
 });
 
 /// Requests the backend could not answer, by pingora's error type (ConnectRefused,

@@ -319,9 +319,18 @@ pub async fn raw_request(
         .write_all(head.as_bytes())
         .await
         .unwrap_or_else(|e| panic!("{request}: write: {e}"));
+    read_answer(&mut stream, &request)
+        .await
+        .unwrap_or_else(|| panic!("{request}: the connection closed without an answer"))
+}
+
+/// Reads one answer from `stream`, which may carry more after it (keep-alive): up to the end of
+/// its `Content-Length` body, or to the end of the stream. `None` when the server closed the
+/// connection before sending a byte; panics when nothing arrives within 15 s (a server that
+/// keeps an idle connection open without answering).
+pub async fn read_answer(stream: &mut TcpStream, request: &str) -> Option<Answer> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
-    // Guard against a server that keeps the connection open despite `Connection: close`.
     loop {
         match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await {
             Ok(Ok(0)) => break,
@@ -333,10 +342,11 @@ pub async fn raw_request(
             }
             Ok(Err(e)) if raw.is_empty() => panic!("{request}: read: {e}"),
             Ok(Err(_)) => break,
+            Err(_) if raw.is_empty() => panic!("{request}: no answer within 15 s"),
             Err(_) => break,
         }
     }
-    parse_answer(request, &raw)
+    (!raw.is_empty()).then(|| parse_answer(request.to_string(), &raw))
 }
 
 /// Whether `raw` holds a whole response with a `Content-Length` body.

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use e2e_tests::jwt::{
     self, assemble, confusion_secrets, find_private_key_pem, parts, sign_hs256, sign_rs256,
 };
-use e2e_tests::{Answer, Gateway, bearer, client, human, send, with};
+use e2e_tests::{Answer, Gateway, bearer, client, human, read_answer, send, with};
 use serde_json::{Value, json};
 
 static GW: OnceLock<Result<Gateway, String>> = OnceLock::new();
@@ -272,36 +272,6 @@ async fn empty_or_non_bearer_credentials_are_401() {
     }
 }
 
-/// Reads one whole answer (head and `Content-Length` body) from `stream`: the status line and
-/// the lower-cased head. `None` when the server closed the connection first.
-async fn read_answer(stream: &mut tokio::net::TcpStream) -> Option<(String, String)> {
-    use tokio::io::AsyncReadExt;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if raw.len() >= end + 4 + len {
-                let status = head.lines().next().unwrap_or_default().to_string();
-                return Some((status, head));
-            }
-        }
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("the gateway answers within 10 s")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// A refused request without a body leaves its keep-alive connection usable (clients' pools
 /// are not churned by 401s and 403s); a hostile one closes it.
 #[tokio::test]
@@ -314,9 +284,11 @@ async fn refusals_keep_the_connection_and_hostile_requests_close_it() {
         .write_all(format!("GET {MISSIONS} HTTP/1.1\r\n{host}\r\n").as_bytes())
         .await
         .unwrap();
-    let (status, head) = read_answer(&mut stream).await.expect("an answer");
-    assert!(status.contains(" 401 "), "{status}");
-    assert!(!head.contains("connection: close"), "{head}");
+    let a = read_answer(&mut stream, "no token")
+        .await
+        .expect("an answer");
+    assert_eq!(a.status, 401, "{a:?}");
+    assert_ne!(a.header("connection"), Some("close"), "{a:?}");
     let token = gw.mint(&human("Member", "app"), None);
     stream
         .write_all(
@@ -325,10 +297,10 @@ async fn refusals_keep_the_connection_and_hostile_requests_close_it() {
         )
         .await
         .unwrap();
-    let (status, _) = read_answer(&mut stream)
+    let a = read_answer(&mut stream, "valid token, same connection")
         .await
         .expect("the connection still carries a request after a 401");
-    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(a.status, 200, "{a:?}");
 
     // A request the WAF blocks: answered, then the connection is closed.
     let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
@@ -341,11 +313,13 @@ async fn refusals_keep_the_connection_and_hostile_requests_close_it() {
         )
         .await
         .unwrap();
-    let (status, head) = read_answer(&mut stream).await.expect("an answer");
-    assert!(status.contains(" 403 "), "{status}");
-    assert!(head.contains("connection: close"), "{head}");
+    let a = read_answer(&mut stream, "blocked")
+        .await
+        .expect("an answer");
+    assert_eq!(a.status, 403, "{a:?}");
+    assert_eq!(a.header("connection"), Some("close"), "{a:?}");
     assert!(
-        read_answer(&mut stream).await.is_none(),
+        read_answer(&mut stream, "after the block").await.is_none(),
         "the connection stays open after a blocked request"
     );
 }

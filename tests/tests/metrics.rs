@@ -11,16 +11,18 @@ fn value(text: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// The admin listener's `/metrics` text.
+async fn scrape(gw: &Gateway) -> String {
+    send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
+        .await
+        .text()
+}
+
 #[tokio::test]
 async fn request_decision_stage_and_cache_metrics_move() {
     let gw = Gateway::start();
     let c = client();
-    let scrape = || async {
-        send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
-            .await
-            .text()
-    };
-    let before = scrape().await;
+    let before = scrape(&gw).await;
     let member = gw.mint(&human("Member", "app"), None);
     let missions = gw.api_url("/app/v1/workspaces/ws-demo/missions");
     for _ in 0..3 {
@@ -37,7 +39,7 @@ async fn request_decision_stage_and_cache_metrics_move() {
     )
     .await
     .assert_error(403, "auth/insufficient_permissions");
-    let after = scrape().await;
+    let after = scrape(&gw).await;
 
     let allowed = "cedargate_requests_total{decision=\"allow\",method=\"GET\",route=\"get /app/v1/workspaces/{workspaceId}/missions\",status=\"200\"}";
     assert_eq!(
@@ -150,12 +152,7 @@ async fn upstream_errors_are_counted() {
         .replace("socket = \"backend.sock\"", "");
     let config = e2e_tests::gateway::write_config(dir.path(), "cedargate.toml", &text);
     let gw = Gateway::start_with(&config, &[]);
-    let scrape = || async {
-        send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
-            .await
-            .text()
-    };
-    let before = scrape().await;
+    let before = scrape(&gw).await;
     assert_eq!(value(&before, "cedargate_upstream_errors_total"), 0.0);
     let member = gw.mint(&human("Member", "app"), None);
     send(
@@ -167,7 +164,7 @@ async fn upstream_errors_are_counted() {
     )
     .await
     .assert_error(502, "server/upstream_unavailable");
-    let after = scrape().await;
+    let after = scrape(&gw).await;
     assert!(
         value(&after, "cedargate_upstream_errors_total{kind=") >= 1.0,
         "{after}"
