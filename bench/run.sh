@@ -22,7 +22,10 @@
 # CEDARGATE_BIN runs that binary instead of building one, WORK_STEALING=false turns off
 # `[server] work_stealing` in the two gateways, GATEWAY_LD_PRELOAD is preloaded into
 # the two gateways only (e.g. an allocator: /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 from
-# Debian's libjemalloc2; see bench/README.md).
+# Debian's libjemalloc2; see bench/README.md). ONLY="backend pipeline" runs those targets alone
+# (the backend always runs; ratios to a target left out are not printed), PERF_DATA=FILE records
+# the full pipeline with `perf record` during its max-load run (PERF_CALL_GRAPH=dwarf for
+# call chains through Rust code, which has no frame pointers).
 # The whole run takes about 3 minutes after the build.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -131,6 +134,7 @@ LD_PRELOAD="${GATEWAY_LD_PRELOAD:-}" "$BIN" serve --config "$WORK/off.toml" --da
     --auth-addr "127.0.0.1:$P_OFF_AUTH" --admin-addr "127.0.0.1:$P_OFF_ADMIN" \
     >"$(out off-audit)" 2>"$(out off)" &
 PIDS+=($!)
+OFF_PID=$!
 LD_PRELOAD="${GATEWAY_LD_PRELOAD:-}" "$BIN" serve --config "$WORK/full.toml" --data-dir "$WORK/full" --api-addr "127.0.0.1:$P_FULL" \
     --auth-addr "127.0.0.1:$P_FULL_AUTH" --admin-addr "127.0.0.1:$P_FULL_ADMIN" \
     >"$(out full-audit)" 2>"$(out full)" &
@@ -189,6 +193,10 @@ declare -A URL=(
     [pipeline]="http://127.0.0.1:$P_FULL"
 )
 TARGETS=(backend nginx proxy_only pipeline)
+if [ -n "${ONLY:-}" ]; then
+    read -r -a TARGETS <<<"backend ${ONLY//backend/}"
+    [[ " ${TARGETS[*]} " == *" pipeline "* ]] || { log "ONLY must name pipeline"; exit 1; }
+fi
 
 # The targets without the pipeline get the pre-signed assertion the gateway would have added;
 # clients of the full pipeline send only their bearer token.
@@ -235,16 +243,35 @@ run_wrk() {
     echo "$(awk -v r="$requests" -v d="$duration" 'BEGIN {printf "%.0f", r / (d / 1e6)}') $p50 $p99 $p999"
 }
 
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A CPU_PID=([proxy_only]="$OFF_PID" [pipeline]="$FULL_PID")
 ms() { awk -v u="$1" 'BEGIN {printf "%.3f ms", u / 1000}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f×", a / b}'; }
+ratio() { if [ -z "$2" ]; then echo "–"; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f×", a / b}'; fi; }
 
 log "max load: $CONNECTIONS connections, $THREADS wrk threads, ${DURATION}s per target (+${WARMUP}s warm-up)"
-declare -A RPS P50 P99 P999
+declare -A RPS P50 P99 P999 CPU_US
 for t in "${TARGETS[@]}"; do
     res=$(run_wrk "$t" "$CONNECTIONS" "$WARMUP")
+    PERF_PID=""
+    if [ "$t" = pipeline ] && [ -n "${PERF_DATA:-}" ]; then
+        perf record -q -F 999 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$FULL_PID" -o "$PERF_DATA" -- sleep "$DURATION" 2>/dev/null &
+        PERF_PID=$!
+    fi
+    ticks=0
+    [ -n "${CPU_PID[$t]:-}" ] && ticks=$(cpu_ticks "${CPU_PID[$t]}")
     res=$(run_wrk "$t" "$CONNECTIONS" "$DURATION")
+    [ -n "$PERF_PID" ] && wait "$PERF_PID"
     read -r "RPS[$t]" "P50[$t]" "P99[$t]" "P999[$t]" <<<"$res"
-    log "  $t: ${RPS[$t]} req/s"
+    if [ -n "${CPU_PID[$t]:-}" ]; then
+        # The gateway's CPU time per request (µs) over the run: its own cost, whatever the
+        # load generator and the backend took from the shared cores.
+        CPU_US[$t]=$(awk -v t="$(( $(cpu_ticks "${CPU_PID[$t]}") - ticks ))" -v hz="$(getconf CLK_TCK)" \
+            -v r="${RPS[$t]}" -v d="$DURATION" 'BEGIN {printf "%.0f", t / hz * 1e6 / (r * d)}')
+        log "  $t: ${RPS[$t]} req/s, ${CPU_US[$t]} µs of gateway CPU per request"
+    else
+        log "  $t: ${RPS[$t]} req/s"
+    fi
 done
 RSS_AFTER_LOAD=$(awk '/^VmRSS/ {print $2}' "/proc/$FULL_PID/status")
 
@@ -276,7 +303,7 @@ echo
 echo "| target | requests/s | p50 | p99 | p99.9 | vs nginx | vs backend alone |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
-    echo "| $t | ${RPS[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | $(ratio "${RPS[$t]}" "${RPS[backend]}") |"
+    echo "| $t | ${RPS[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]:-}") | $(ratio "${RPS[$t]}" "${RPS[backend]}") |"
 done
 echo
 echo "## Fixed rate (~$RATE req/s offered = half of the full pipeline's maximum; $RATE_CONNS connections, exponential pauses of mean ${RATE_DELAY_MS} ms)"
@@ -289,6 +316,13 @@ done
 echo
 echo "## Goals"
 echo
+if [ -n "${ONLY:-}" ]; then
+    echo "(ONLY=$ONLY: not every target ran)"
+    for t in proxy_only pipeline; do
+        [ -n "${CPU_US[$t]:-}" ] && echo "- gateway CPU per request at max load, $t: ${CPU_US[$t]} µs"
+    done
+    exit 0
+fi
 awk -v full="${RPS[pipeline]}" -v nginx="${RPS[nginx]}" -v off="${RPS[proxy_only]}" \
     -v added="$((R_P99[pipeline] - R_P99[backend]))" -v rss="$RSS_IDLE" 'BEGIN {
     verdict = "met"; if (full < nginx) verdict = "NOT met"
@@ -300,6 +334,7 @@ awk -v full="${RPS[pipeline]}" -v nginx="${RPS[nginx]}" -v off="${RPS[proxy_only
     verdict = "met"; if (rss > 65536) verdict = "NOT met"
     printf "- idle RSS, default config: %.1f MiB (goal ≤ 64 MB): %s\n", rss / 1024, verdict
 }'
+echo "- gateway CPU per request at max load: proxy_only ${CPU_US[proxy_only]} µs, pipeline ${CPU_US[pipeline]} µs"
 echo "- full-pipeline gateway RSS: $((RSS_AFTER_START / 1024)) MiB after start and the mix check, $((RSS_AFTER_LOAD / 1024)) MiB after the max-load runs"
 echo "- gateways' LD_PRELOAD: ${GATEWAY_LD_PRELOAD:-none}"
 echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load generator and servers on the same cores; $(date -u +%Y-%m-%d)"
