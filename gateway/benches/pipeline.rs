@@ -166,7 +166,8 @@ fn authz(c: &mut Criterion) {
 }
 
 fn waf(c: &mut Criterion) {
-    let detector = Detector::new();
+    let detector = Detector::uncached();
+    let remembering = Detector::new();
     let samples = Samples::default();
     let headers = samples.headers();
     let typical = samples.typical(&headers);
@@ -174,6 +175,9 @@ fn waf(c: &mut Criterion) {
     let mut g = c.benchmark_group("waf");
     g.bench_function("typical GET (7 headers, JWT cookie, query)", |b| {
         b.iter(|| scan_once(&detector, black_box(&typical)))
+    });
+    g.bench_function("typical GET, its values seen before", |b| {
+        b.iter(|| scan_once(&remembering, black_box(&typical)))
     });
     g.bench_function("POST with an 8 KB JSON body", |b| {
         b.iter(|| scan_once(&detector, black_box(&with_body)))

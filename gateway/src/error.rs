@@ -208,16 +208,71 @@ pub fn envelope(err: &GatewayError, request_id: &str, path: &str) -> Bytes {
 
 /// The current UTC time as RFC 3339 with millisecond precision.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&fmt).unwrap_or_default()
+    let mut out = String::with_capacity(24);
+    write_now_rfc3339(&mut out, 3);
+    out
+}
+
+/// Append the current UTC time as RFC 3339 (`2026-12-07T02:45:18.123Z`) with `digits` (at
+/// most 9) fractional digits. The date and time of day are formatted once per second and
+/// thread; within the second only the fraction is written.
+pub fn write_now_rfc3339(out: &mut String, digits: usize) {
+    use std::cell::RefCell;
+    use std::fmt::Write as _;
+    thread_local! {
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let fmt =
+                time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            text.clear();
+            if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs)
+                && let Ok(s) = t.format(&fmt)
+            {
+                text.push_str(&s);
+            }
+            *cached = secs;
+        }
+        out.push_str(text);
+    });
+    let digits = digits.min(9);
+    let fraction = since.subsec_nanos() / 10u32.pow(9 - digits as u32);
+    let _ = write!(out, ".{fraction:0digits$}Z");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        let now = || {
+            time::OffsetDateTime::now_utc()
+                .format(&fmt)
+                .expect("formats")
+        };
+        let before = now();
+        let ms = now_rfc3339();
+        let mut us = String::new();
+        write_now_rfc3339(&mut us, 6);
+        let after = now();
+        assert_eq!((ms.len(), us.len()), (24, 27), "{ms} {us}");
+        // Same-length RFC 3339 UTC strings sort as the times they name.
+        assert!(
+            before[..23] <= ms[..23] && ms[..23] <= after[..23],
+            "{before} {ms} {after}"
+        );
+        assert!(before <= us && us <= after, "{before} {us} {after}");
+        assert!(ms.ends_with('Z') && ms.as_bytes()[19] == b'.', "{ms}");
+    }
 
     #[test]
     fn envelope_has_every_field() {

@@ -12,7 +12,7 @@
 //! every buffer out; the server calls it after pingora's shutdown, before the process exits.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// The writer's pause after each burst (lines pushed meanwhile are written together).
@@ -138,6 +138,25 @@ pub fn flush_all() {
     }
 }
 
+/// The buffer of the process' log (set by the first [`LogWriter`]).
+static LOG: OnceLock<LineBuffer> = OnceLock::new();
+
+/// Whether the process has a log for [`log_line`].
+pub fn log_enabled() -> bool {
+    LOG.get().is_some()
+}
+
+/// Append one whole, already formatted line (with its `\n`) to the process' log, beside the
+/// lines tracing formats (the access line is written this way: it is one per request). When
+/// the buffer is full the line goes straight to standard error, as in [`LogWriter`].
+pub fn log_line(line: &[u8]) {
+    if let Some(buffer) = LOG.get()
+        && !buffer.push(line)
+    {
+        let _ = std::io::stderr().write_all(line);
+    }
+}
+
 /// A `tracing_subscriber` writer: each formatted event is one `write_all` of one whole line,
 /// appended to a [`LineBuffer`]. When the buffer is full the line is written straight to the
 /// fallback output instead (a log line is never dropped; only its batching is lost).
@@ -149,14 +168,14 @@ pub struct LogWriter {
 impl LogWriter {
     /// Log lines to standard error, in bursts.
     pub fn stderr() -> std::io::Result<LogWriter> {
-        Ok(LogWriter {
-            buffer: LineBuffer::start(
-                "log-writer",
-                Box::new(std::io::stderr()),
-                16 * 1024 * 1024,
-                || {},
-            )?,
-        })
+        let buffer = LineBuffer::start(
+            "log-writer",
+            Box::new(std::io::stderr()),
+            16 * 1024 * 1024,
+            || {},
+        )?;
+        let _ = LOG.set(buffer.clone());
+        Ok(LogWriter { buffer })
     }
 }
 

@@ -72,12 +72,24 @@ async fn request_decision_stage_and_cache_metrics_move() {
     }
 }
 
+/// A member's allowed request, with the request id `rid`.
+async fn list_missions(gw: &Gateway, token: &str, rid: &str) {
+    send(
+        &client(),
+        "GET",
+        &gw.api_url("/app/v1/workspaces/ws-demo/missions"),
+        &[bearer(token), ("x-request-id".into(), rid.into())],
+        None,
+    )
+    .await
+    .assert_status(200);
+}
+
 /// One JSON access line per request: request id, route template, status, decision, timings;
 /// no token, and email principals masked.
 #[tokio::test]
 async fn access_lines_carry_the_request_and_mask_secrets() {
     let gw = Gateway::start();
-    let c = client();
     let claims = e2e_tests::claims::with(
         &human("Member", "app"),
         "identityId",
@@ -85,15 +97,7 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
     );
     let token = gw.mint(&claims, None);
     let rid = "access-line-test-1";
-    send(
-        &c,
-        "GET",
-        &gw.api_url("/app/v1/workspaces/ws-demo/missions"),
-        &[bearer(&token), ("x-request-id".into(), rid.into())],
-        None,
-    )
-    .await
-    .assert_status(200);
+    list_missions(&gw, &token, rid).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let line = loop {
         let logs = gw.logs();
@@ -127,6 +131,34 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
     assert!(
         !gw.logs().contains(&token),
         "the token leaked into the logs"
+    );
+}
+
+/// The log level governs the access line too: at `warn` a served request writes none.
+#[tokio::test]
+async fn access_lines_follow_the_log_level() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let text = e2e_tests::gateway::unlimited_config_text();
+    assert!(
+        text.contains("[log]\nlevel = \"info\""),
+        "the default config changed shape"
+    );
+    let text = text.replace("[log]\nlevel = \"info\"", "[log]\nlevel = \"warn\"");
+    let config = e2e_tests::gateway::write_config(dir.path(), "warn.toml", &text);
+    let gw = Gateway::start_with(&config, &[]);
+    let token = gw.mint(&human("Member", "app"), None);
+    let rid = "access-line-at-warn";
+    list_missions(&gw, &token, rid).await;
+    // Lines are written within a few milliseconds; give them far longer.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let logs = gw.logs();
+    assert!(
+        logs.contains(rid),
+        "the audit line is written at any level:\n{logs}"
+    );
+    assert!(
+        !logs.contains("\"target\":\"access\""),
+        "an access line at level warn:\n{logs}"
     );
 }
 

@@ -2,6 +2,7 @@
 //! inspected headers, cookies, JSON keys and string values, form fields, raw body text) is
 //! normalised (`decode`) and checked (`rules`). Stateless after construction.
 
+mod clean;
 mod decode;
 mod json;
 mod literals;
@@ -10,6 +11,7 @@ mod rules;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use clean::{Class, CleanValues};
 pub use decode::normalize;
 use json::Json;
 
@@ -128,11 +130,33 @@ pub fn inspects(configured: &[impl AsRef<str>], name: &str) -> bool {
 /// JSON nesting inspected at most (deeper structure is scanned as text).
 const MAX_DEPTH: usize = 64;
 
-/// The detector: compiled rules, shared by every request.
+/// The detector: compiled rules, shared by every request, and the values found clean.
 #[derive(Debug, Default)]
-pub struct Detector;
+pub struct Detector {
+    clean: Option<CleanValues>,
+}
+
+/// A field's name as given to `skip` and in hits, worked out only when needed.
+#[derive(Clone, Copy)]
+enum Name<'a> {
+    Text(&'a str),
+    /// Still encoded, as in a query string or a cookie header.
+    Raw(&'a [u8], bool),
+}
+
+impl Name<'_> {
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Name::Text(s) => Cow::Borrowed(s),
+            Name::Raw(raw, plus) => {
+                Cow::Owned(String::from_utf8_lossy(&normalize(raw, *plus)).into_owned())
+            }
+        }
+    }
+}
 
 struct Scan<'s> {
+    clean: Option<&'s CleanValues>,
     skip: &'s dyn Fn(Rule, Part, &str) -> bool,
     on_hit: &'s mut dyn FnMut(Hit) -> bool,
     found: Vec<Rule>,
@@ -143,17 +167,33 @@ struct Scan<'s> {
 
 impl Scan<'_> {
     /// Check one value; `false` once the caller asked to stop.
-    fn value(&mut self, part: Part, name: &str, raw: &[u8], plus: bool) -> bool {
+    fn value(&mut self, part: Part, name: Name<'_>, raw: &[u8], plus: bool) -> bool {
         if self.stopped {
             return false;
         }
-        let value = normalize(raw, plus);
-        let mut found = std::mem::take(&mut self.found);
         // Line breaks have no business in these (query values may carry text areas).
         let line_field = matches!(
             part,
             Part::Path | Part::QueryName | Part::Cookie | Part::Header
         );
+        // Cookie and body values are too often one-off (sessions, prose) to be worth keeping.
+        let remembered = matches!(
+            part,
+            Part::Path | Part::QueryName | Part::QueryValue | Part::Header | Part::BodyKey
+        ) && raw.len() <= clean::MAX_VALUE;
+        let key = match self.clean {
+            Some(clean) if remembered => {
+                let class = Class::new(part == Part::Header, line_field, part == Part::Path, plus);
+                let key = clean.key(class, raw);
+                if clean.contains(key) {
+                    return true;
+                }
+                Some((clean, key))
+            }
+            _ => None,
+        };
+        let value = normalize(raw, plus);
+        let mut found = std::mem::take(&mut self.found);
         rules::check_in(
             &value,
             part == Part::Header,
@@ -167,8 +207,18 @@ impl Scan<'_> {
         {
             found.push(Rule::PathTraversal);
         }
+        if found.is_empty()
+            && let Some((clean, key)) = key
+        {
+            clean.insert(key);
+        }
+        let name = if found.is_empty() {
+            Cow::Borrowed("")
+        } else {
+            name.text()
+        };
         for rule in found.iter().copied() {
-            if (self.skip)(rule, part, name) {
+            if (self.skip)(rule, part, &name) {
                 continue;
             }
             let go_on = (self.on_hit)(Hit {
@@ -196,9 +246,8 @@ impl Scan<'_> {
                 None => (pair, &[][..]),
             };
             let plus = sep == b'&';
-            let name = normalize(k, plus);
-            let name = String::from_utf8_lossy(&name);
-            if !self.value(names, &name, k, plus) || !self.value(values, &name, v, plus) {
+            let name = Name::Raw(k, plus);
+            if !self.value(names, name, k, plus) || !self.value(values, name, v, plus) {
                 return;
             }
         }
@@ -210,7 +259,7 @@ impl Scan<'_> {
         }
         match v {
             Json::Str(s) => {
-                self.value(Part::BodyValue, path, s.as_bytes(), false);
+                self.value(Part::BodyValue, Name::Text(path), s.as_bytes(), false);
             }
             Json::Arr(items) => {
                 for (i, item) in items.iter().enumerate() {
@@ -227,7 +276,7 @@ impl Scan<'_> {
                         path.push('.');
                     }
                     path.push_str(k);
-                    if !self.value(Part::BodyKey, path, k.as_bytes(), false) {
+                    if !self.value(Part::BodyKey, Name::Text(path), k.as_bytes(), false) {
                         return;
                     }
                     self.json(item, path, depth + 1);
@@ -264,15 +313,23 @@ fn looks_like_form(body: &[u8]) -> bool {
 }
 
 impl Detector {
-    /// The detector, its rules compiled.
+    /// The detector, its rules compiled, remembering values found clean.
     pub fn new() -> Detector {
         rules::compile_all();
-        Detector
+        Detector {
+            clean: Some(CleanValues::new()),
+        }
     }
 
     /// The detector, its rules compiled on first use (detection turned off).
     pub fn lazy() -> Detector {
-        Detector
+        Detector { clean: None }
+    }
+
+    /// The detector scanning every value every time: what detection itself costs.
+    pub fn uncached() -> Detector {
+        rules::compile_all();
+        Detector { clean: None }
     }
 
     /// Scan every field of the request; see [`RequestView`]. `skip` excludes a rule for a
@@ -284,6 +341,7 @@ impl Detector {
         on_hit: &mut dyn FnMut(Hit) -> bool,
     ) {
         let mut scan = Scan {
+            clean: self.clean.as_ref(),
             skip,
             on_hit,
             found: Vec::new(),
@@ -291,7 +349,7 @@ impl Detector {
             stopped: false,
         };
         for segment in req.path.split('/').filter(|s| !s.is_empty()) {
-            if !scan.value(Part::Path, "", segment.as_bytes(), false) {
+            if !scan.value(Part::Path, Name::Text(""), segment.as_bytes(), false) {
                 return;
             }
         }
@@ -305,7 +363,7 @@ impl Detector {
             if *name == "cookie" {
                 scan.pairs(value, b';', Part::Cookie, Part::Cookie);
             } else {
-                scan.value(Part::Header, name, value, false);
+                scan.value(Part::Header, Name::Text(name), value, false);
             }
         }
         if scan.stopped || req.body.is_empty() {
@@ -332,7 +390,7 @@ impl Detector {
         // Without a content type the body is form-like text: `+` is a space there.
         let plus = ct.is_empty();
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if !scan.value(Part::Body, "", line, plus) {
+            if !scan.value(Part::Body, Name::Text(""), line, plus) {
                 return;
             }
         }

@@ -172,3 +172,103 @@ fn every_duplicate_json_key_is_scanned() {
         (Rule::Xss, Part::BodyValue, "note")
     );
 }
+
+fn hits_with(
+    d: &Detector,
+    req: &RequestView<'_>,
+    skip: &dyn Fn(Rule, Part, &str) -> bool,
+) -> Vec<Hit> {
+    let mut out = Vec::new();
+    d.scan(req, skip, &mut |h| {
+        out.push(h);
+        true
+    });
+    out
+}
+
+/// The clean-value memory never lets an attack through: attacks are not remembered, a value
+/// clean in one place is scanned afresh in another, and exclusions are applied after it.
+#[test]
+fn remembered_clean_values_never_hide_an_attack() {
+    let d = Detector::new();
+    let none = |_: Rule, _: Part, _: &str| false;
+    let clean = view("/a/b", Some("q=weekly&limit=20"), &[], None, b"");
+    for _ in 0..3 {
+        assert!(hits_with(&d, &clean, &none).is_empty());
+    }
+    let attack = view(
+        "/a/b",
+        Some("q=weekly&limit=20%27%20OR%20%271%27%3D%271"),
+        &[],
+        None,
+        b"",
+    );
+    for _ in 0..3 {
+        let h = hits_with(&d, &attack, &none);
+        assert_eq!(
+            (h[0].rule, h[0].part, h[0].name.as_str()),
+            (Rule::Sqli, Part::QueryValue, "limit")
+        );
+    }
+    // A line break is fine in a query value, not in a query name: same bytes, scanned again.
+    let as_value = view("/a", Some("note=first%0D%0Asecond"), &[], None, b"");
+    let value_hits = hits_with(&d, &as_value, &none);
+    let as_name = view("/a", Some("first%0D%0Asecond=1"), &[], None, b"");
+    let name_hits = hits_with(&d, &as_name, &none);
+    assert!(value_hits.is_empty(), "{value_hits:?}");
+    assert_eq!(name_hits[0].part, Part::QueryName, "{name_hits:?}");
+    // Excluded once (a hit skipped by the caller), blocked once the exclusion is gone.
+    let xss = view(
+        "/a",
+        Some("bio=%3Cscript%3Ealert(1)%3C%2Fscript%3E"),
+        &[],
+        None,
+        b"",
+    );
+    let excluded = |_: Rule, part: Part, name: &str| part == Part::QueryValue && name == "bio";
+    assert!(hits_with(&d, &xss, &excluded).is_empty());
+    assert_eq!(hits_with(&d, &xss, &none)[0].rule, Rule::Xss);
+    // `+` is a space in a query string, not in a path segment.
+    let plus_path = view("/a/1'+OR+'1'='1", None, &[], None, b"");
+    let plus_query = view("/a", Some("q=1'+OR+'1'='1"), &[], None, b"");
+    assert_eq!(
+        hits_with(&d, &plus_query, &none).is_empty(),
+        hits_with(&Detector::uncached(), &plus_query, &none).is_empty()
+    );
+    assert_eq!(
+        hits_with(&d, &plus_path, &none).is_empty(),
+        hits_with(&Detector::uncached(), &plus_path, &none).is_empty()
+    );
+}
+
+/// On the WAF corpus' clean and attack samples, remembering gives the same answers as not.
+#[test]
+fn remembering_gives_the_same_answers() {
+    let (d, fresh) = (Detector::new(), Detector::uncached());
+    let none = |_: Rule, _: Part, _: &str| false;
+    let values = [
+        "weekly",
+        "20",
+        "eyJrIjoibTEifQ%3D%3D",
+        "1%27%20OR%201%3D1--",
+        "%3Csvg%20onload%3Dalert(1)%3E",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%7B%7B7*7%7D%7D",
+        "javascript:alert(1)",
+        "a+b",
+        "O'Brien",
+    ];
+    for _ in 0..2 {
+        for v in values {
+            for q in [format!("q={v}"), format!("{v}=1")] {
+                let path = format!("/a/{v}");
+                let req = view(&path, Some(&q), &[], None, b"");
+                let ua: [(&str, &[u8]); 1] = [("user-agent", v.as_bytes())];
+                let with_header = view("/a", None, &ua, None, b"");
+                for r in [&req, &with_header] {
+                    assert_eq!(hits_with(&d, r, &none), hits_with(&fresh, r, &none), "{v}");
+                }
+            }
+        }
+    }
+}
