@@ -182,7 +182,7 @@ pub fn record(sink: &AuditSink, ctx: &RequestCtx, status: u16) {
     );
     crate::metrics::observe_stages(ctx.authn, ctx.authz, ctx.upstream);
     if !ctx.ratelimit.is_zero() {
-        crate::metrics::observe_stage("ratelimit", ctx.ratelimit);
+        crate::metrics::observe_stage(crate::metrics::Stage::Ratelimit, ctx.ratelimit);
     }
     if crate::lines::log_enabled() && tracing::enabled!(target: "access", tracing::Level::INFO) {
         access_line(ctx, status, decision);

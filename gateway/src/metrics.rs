@@ -244,9 +244,25 @@ pub fn ratelimit_evictions(rule: &str, n: u64) {
 }
 
 /// Record one stage's duration (`waf`, `ratelimit`, ...).
-pub fn observe_stage(stage: &str, d: std::time::Duration) {
-    STAGE.with_label_values(&[stage]).observe(d.as_secs_f64());
+pub fn observe_stage(stage: Stage, d: std::time::Duration) {
+    STAGES[stage as usize].observe(d.as_secs_f64());
 }
+
+/// A pipeline stage of `cedargate_stage_duration_seconds`.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Waf,
+    Ratelimit,
+    Authn,
+    Authz,
+    Upstream,
+}
+
+/// The stage histograms, looked up once (a label lookup per observation cost more than the
+/// observation).
+static STAGES: LazyLock<[prometheus::Histogram; 5]> = LazyLock::new(|| {
+    ["waf", "ratelimit", "authn", "authz", "upstream"].map(|s| STAGE.with_label_values(&[s]))
+});
 
 /// `2xx`, `4xx`, ... for a status code.
 fn status_class(status: u16) -> &'static str {
@@ -318,8 +334,14 @@ pub fn shadow_difference(route: &str, active: bool, shadow: bool) {
 /// Count one finished request.
 pub fn observe(route: &str, method: &str, status: u16, decision: &str, seconds: f64) {
     let route = if route.is_empty() { "unmatched" } else { route };
+    let mut digits = [0u8; 5];
     REQUESTS
-        .with_label_values(&[route, method_label(method), &status.to_string(), decision])
+        .with_label_values(&[
+            route,
+            method_label(method),
+            status_text(status, &mut digits),
+            decision,
+        ])
         .inc();
     LATENCY.with_label_values(&[route]).observe(seconds);
 }
@@ -331,20 +353,29 @@ pub fn observe_stages(
     upstream: Option<std::time::Duration>,
 ) {
     if !authn.is_zero() {
-        STAGE
-            .with_label_values(&["authn"])
-            .observe(authn.as_secs_f64());
+        observe_stage(Stage::Authn, authn);
     }
     if !authz.is_zero() {
-        STAGE
-            .with_label_values(&["authz"])
-            .observe(authz.as_secs_f64());
+        observe_stage(Stage::Authz, authz);
     }
     if let Some(u) = upstream {
-        STAGE
-            .with_label_values(&["upstream"])
-            .observe(u.as_secs_f64());
+        observe_stage(Stage::Upstream, u);
     }
+}
+
+/// `status` in decimal, written into `buf` (no allocation per request).
+fn status_text(status: u16, buf: &mut [u8; 5]) -> &str {
+    let mut n = status;
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// Methods outside the standard set collapse into one label value.
@@ -447,7 +478,7 @@ pub fn render() -> String {
     LazyLock::force(&CACHE);
     LazyLock::force(&SHADOW);
     LazyLock::force(&AUDIT_DROPPED);
-    LazyLock::force(&STAGE);
+    LazyLock::force(&STAGES);
     LazyLock::force(&TOKEN_REQUESTS);
     LazyLock::force(&TOKEN_UPSTREAM);
     LazyLock::force(&TOKEN_STORE_ERRORS);
@@ -464,6 +495,23 @@ pub fn render() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_labels_are_decimal() {
+        for status in [0u16, 7, 42, 200, 404, 599, 65535] {
+            let mut buf = [0u8; 5];
+            assert_eq!(super::status_text(status, &mut buf), status.to_string());
+        }
+    }
+
+    #[test]
+    fn every_stage_series_is_exposed() {
+        let text = super::render();
+        for stage in ["waf", "ratelimit", "authn", "authz", "upstream"] {
+            let series = format!("cedargate_stage_duration_seconds_count{{stage=\"{stage}\"}}");
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
+
     #[test]
     fn process_metrics_are_exposed() {
         let text = super::render();

@@ -191,7 +191,7 @@ impl Gateway {
             .waf
             .inspect(req, ctx.route.as_deref(), &body, false, &sample);
         ctx.waf = t.elapsed();
-        crate::metrics::observe_stage("waf", ctx.waf);
+        crate::metrics::observe_stage(crate::metrics::Stage::Waf, ctx.waf);
         inspected?;
 
         // Stage 3: the rate limit by client IP (allow-listed clients are exempt).
@@ -435,7 +435,7 @@ impl ProxyHttp for Gateway {
                 );
                 let spent = t.elapsed();
                 ctx.waf += spent;
-                crate::metrics::observe_stage("waf", spent);
+                crate::metrics::observe_stage(crate::metrics::Stage::Waf, spent);
                 if inspected.is_ok() {
                     gate.release(body);
                 }
