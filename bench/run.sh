@@ -321,6 +321,8 @@ if [ -n "${ONLY:-}" ]; then
     for t in proxy_only pipeline; do
         [ -n "${CPU_US[$t]:-}" ] && echo "- gateway CPU per request at max load, $t: ${CPU_US[$t]} µs"
     done
+    echo "- idle RSS, default config: $((RSS_IDLE / 1024)) MiB"
+    echo "- full-pipeline gateway RSS: $((RSS_AFTER_START / 1024)) MiB after start and the mix check, $((RSS_AFTER_LOAD / 1024)) MiB after the max-load runs"
     exit 0
 fi
 awk -v full="${RPS[pipeline]}" -v nginx="${RPS[nginx]}" -v off="${RPS[proxy_only]}" \

@@ -9,6 +9,7 @@
 //! The table is direct-mapped and lock-free: a newer value evicts the older one in its slot.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Slots in the table (a power of two): 128 KiB of hashes.
@@ -35,13 +36,14 @@ pub struct Key(u64, u64);
 /// The table of clean values.
 pub struct CleanValues {
     hashers: [std::hash::RandomState; 2],
-    slots: Box<[[AtomicU64; 2]]>,
+    /// Allocated by the first value found clean (an idle gateway does not hold it).
+    slots: OnceLock<Box<[[AtomicU64; 2]]>>,
 }
 
 impl std::fmt::Debug for CleanValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CleanValues")
-            .field("slots", &self.slots.len())
+            .field("slots", &SLOTS)
             .finish()
     }
 }
@@ -56,9 +58,7 @@ impl CleanValues {
     pub fn new() -> CleanValues {
         CleanValues {
             hashers: [std::hash::RandomState::new(), std::hash::RandomState::new()],
-            slots: (0..SLOTS)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-                .collect(),
+            slots: OnceLock::new(),
         }
     }
 
@@ -77,13 +77,16 @@ impl CleanValues {
         }
     }
 
-    fn slot(&self, key: Key) -> &[AtomicU64; 2] {
-        &self.slots[(key.1 as usize) & (SLOTS - 1)]
+    fn index(key: Key) -> usize {
+        (key.1 as usize) & (SLOTS - 1)
     }
 
     /// Whether the value with `key` was found clean (and is still remembered).
     pub fn contains(&self, key: Key) -> bool {
-        let slot = self.slot(key);
+        let Some(slots) = self.slots.get() else {
+            return false;
+        };
+        let slot = &slots[Self::index(key)];
         // A slot read while written, or written by two threads at once, may pair halves of two
         // keys: that is a miss for both, and a third value would need its two independent
         // 64-bit halves to coincide with theirs.
@@ -92,7 +95,12 @@ impl CleanValues {
 
     /// Remember that the value with `key` is clean.
     pub fn insert(&self, key: Key) {
-        let slot = self.slot(key);
+        let slots = self.slots.get_or_init(|| {
+            (0..SLOTS)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect()
+        });
+        let slot = &slots[Self::index(key)];
         slot[0].store(key.0, Ordering::Relaxed);
         slot[1].store(key.1, Ordering::Relaxed);
     }
@@ -133,7 +141,7 @@ mod tests {
         // Find another value mapped to the same slot.
         let other = (1..)
             .map(|i| c.key(class, format!("v-{i}").as_bytes()))
-            .find(|k| k.1 as usize & (SLOTS - 1) == first.1 as usize & (SLOTS - 1))
+            .find(|k| CleanValues::index(*k) == CleanValues::index(first))
             .expect("a value in the same slot");
         c.insert(other);
         assert!(c.contains(other));
