@@ -89,6 +89,33 @@ pub fn raise_ip_limit(text: &str) -> String {
     )
 }
 
+/// Data dirs are `<temp dir>/cedargate-e2e-<pid of the test process>-<random>`.
+const DATA_DIR_PREFIX: &str = "cedargate-e2e-";
+
+/// Remove the data dirs of test processes that are gone, once per process. A shared gateway
+/// lives in a `static`, which is never dropped, so its temp dir (with test keys in it) outlives
+/// the test process; the next run removes it.
+fn sweep_stale_data_dirs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DATA_DIR_PREFIX)) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
 /// The config `Gateway::start` and `Gateway::shared` run: `CEDARGATE_CONFIG`, else
 /// [`unlimited_config_text`] written once per test process.
 pub fn test_config() -> PathBuf {
@@ -214,8 +241,9 @@ impl Gateway {
     /// Like [`Gateway::start_with`], with the failure (and the logs) as `Err`.
     pub fn try_start_with(config: &Path, extra_args: &[&str]) -> Result<Gateway, String> {
         let bin = binary();
+        sweep_stale_data_dirs();
         let data_dir = tempfile::Builder::new()
-            .prefix("cedargate-e2e-")
+            .prefix(&format!("{DATA_DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
         let [api, auth, admin] = free_ports();
