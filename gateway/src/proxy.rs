@@ -67,6 +67,8 @@ pub struct RequestCtx {
     pub method: String,
     /// The Cedar action id of the matched route.
     pub route: Option<String>,
+    /// The decoded path segments (split once, by the screen, for the route match of both).
+    pub segments: Vec<String>,
     /// The client's address (the peer, or X-Forwarded-For behind a trusted proxy).
     pub client_ip: Option<IpAddr>,
     /// The body's inspection state, when the request has a body.
@@ -102,6 +104,7 @@ impl RequestCtx {
             query: String::new(),
             method: String::new(),
             route: None,
+            segments: Vec::new(),
             client_ip: None,
             body_gate: None,
             rate_limit: None,
@@ -151,7 +154,7 @@ impl Gateway {
             .routes
             .find(&req.method, &segments)
             .map(|m| bundle.routes.routes[m.route_index].action.clone());
-        drop(segments);
+        ctx.segments = segments;
         let has_body = respond::has_body(req);
         let mut body = BytesMut::new();
         let read_ahead = waf::read_ahead_length(req).filter(|_| self.waf.settings().enabled);
@@ -216,7 +219,7 @@ impl Gateway {
             ctx.public = true;
             return Ok(());
         }
-        let segments = split_path(req.uri.path())?;
+        let segments = std::mem::take(&mut ctx.segments);
         let query: Vec<(String, String)> = req
             .uri
             .query()
