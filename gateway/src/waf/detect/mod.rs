@@ -1,6 +1,7 @@
 //! Attack detection on one request: every field (path segments, query names and values,
 //! inspected headers, cookies, JSON keys and string values, form fields, raw body text) is
-//! normalised (`decode`) and checked (`rules`). Stateless after construction.
+//! normalised (`decode`) and checked (`rules`). The only state kept between requests is the
+//! table of values found clean (`clean`), which never changes an answer.
 
 mod clean;
 mod decode;
