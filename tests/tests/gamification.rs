@@ -68,7 +68,8 @@ fn dynamo() -> Option<&'static Gateway> {
                 && replaced.contains("timeout_ms = 15000"),
             "the default config changed shape"
         );
-        let dir = std::env::temp_dir().join(format!("cedargate-e2e-ddb-{}", std::process::id()));
+        // Named as the gateways' data dirs are, so a later run removes it (tests/src/gateway.rs).
+        let dir = std::env::temp_dir().join(format!("cedargate-e2e-{}-ddb", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let path = write_config(&dir, "backend-dynamodb.toml", &replaced);
         Gateway::try_start_with(&path, &[])
