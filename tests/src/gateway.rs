@@ -92,6 +92,15 @@ pub fn raise_ip_limit(text: &str) -> String {
 /// Data dirs are `<temp dir>/cedargate-e2e-<pid of the test process>-<random>`.
 const DATA_DIR_PREFIX: &str = "cedargate-e2e-";
 
+/// A scratch dir that outlives this test process (for a gateway kept in a `static`), named so
+/// that a later run removes it: `<temp dir>/cedargate-e2e-<pid>-<name>`.
+pub fn process_dir(name: &str) -> std::io::Result<PathBuf> {
+    sweep_stale_data_dirs();
+    let dir = std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Remove the data dirs of test processes that are gone, once per process. A shared gateway
 /// lives in a `static`, which is never dropped, so its temp dir (with test keys in it) outlives
 /// the test process; the next run removes it.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use e2e_tests::gateway::{unlimited_config_text, write_config};
+use e2e_tests::gateway::{process_dir, unlimited_config_text, write_config};
 use e2e_tests::{Answer, Gateway, bearer, client, human, m2m, raw_request, send, with};
 use serde_json::{Value, json};
 
@@ -68,9 +68,7 @@ fn dynamo() -> Option<&'static Gateway> {
                 && replaced.contains("timeout_ms = 15000"),
             "the default config changed shape"
         );
-        // Named as the gateways' data dirs are, so a later run removes it (tests/src/gateway.rs).
-        let dir = std::env::temp_dir().join(format!("cedargate-e2e-{}-ddb", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = process_dir("ddb").map_err(|e| e.to_string())?;
         let path = write_config(&dir, "backend-dynamodb.toml", &replaced);
         Gateway::try_start_with(&path, &[])
     });
