@@ -10,6 +10,7 @@
 
 mod upstream;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,10 @@ use token_proxy::{HttpAnswer, Issuer, TokenCall, TokenEndpoint, TokenSource};
 use crate::config::{Config, TokenStoreKind};
 use crate::error::GatewayError;
 use crate::metrics;
+use crate::ratelimit::{Applied, RateLimiter};
 use crate::request_id;
 use crate::respond;
+use crate::waf::Waf;
 pub use upstream::UpstreamIdpClient;
 
 /// Largest token request body accepted.
@@ -43,6 +46,10 @@ pub struct AuthDomain {
     issuer: Option<Arc<Issuer>>,
     tokens: Option<TokenEndpoint>,
     upstream: Option<Arc<UpstreamIdpClient>>,
+    /// The api listener's WAF: its trusted proxies say where the client's address comes from.
+    waf: Arc<Waf>,
+    /// `[rate_limit.token_failures]`: failed client authentications per address.
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Per-request context of the auth listener.
@@ -104,6 +111,47 @@ fn oauth_error(status: u16, error: &str, description: &str) -> HttpAnswer {
     answer
 }
 
+/// A refused client authentication: 401, or `invalid_client` with another status (an
+/// upstream IdP may answer it with 400, as Cognito does).
+fn is_failed_client_authentication(answer: &HttpAnswer) -> bool {
+    #[derive(serde::Deserialize)]
+    struct OAuthErrorBody {
+        error: Option<String>,
+    }
+    answer.status == 401
+        || (answer.status >= 400
+            && serde_json::from_slice::<OAuthErrorBody>(&answer.body)
+                .is_ok_and(|b| b.error.as_deref() == Some("invalid_client")))
+}
+
+/// 429 while an address has used up its failed client authentications: the OAuth error
+/// fields beside the gateway's envelope, `Retry-After` and the `RateLimit` headers.
+fn too_many_failures(applied: &Applied, request_id: &str) -> HttpAnswer {
+    let message = "too many failed client authentications from this address";
+    let mut answer = json(
+        429,
+        &serde_json::json!({
+            "error": "temporarily_unavailable",
+            "error_description": message,
+            "code": "rate_limit/exceeded",
+            "message": message,
+            "status": 429,
+            "requestId": request_id,
+            "rule": &*applied.rule,
+        }),
+    );
+    token_proxy::enforce_no_store(&mut answer);
+    answer.headers.extend([
+        (
+            "retry-after".to_string(),
+            applied.retry_after_seconds().to_string(),
+        ),
+        ("ratelimit-policy".to_string(), applied.policy_header()),
+        ("ratelimit".to_string(), applied.state_header()),
+    ]);
+    answer
+}
+
 fn public_document(value: &serde_json::Value) -> HttpAnswer {
     let mut a = json(200, value);
     a.headers
@@ -144,7 +192,12 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>>
 impl AuthDomain {
     /// The auth domain of `config` (after command-line overrides), over the embedded
     /// `issuer` when there is one.
-    pub fn new(config: &Config, issuer: Option<Arc<Issuer>>) -> anyhow::Result<AuthDomain> {
+    pub fn new(
+        config: &Config,
+        issuer: Option<Arc<Issuer>>,
+        waf: Arc<Waf>,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> anyhow::Result<AuthDomain> {
         let settings = &config.token_proxy;
         let upstream = match &settings.upstream {
             Some(up) => {
@@ -200,10 +253,31 @@ impl AuthDomain {
             issuer,
             tokens,
             upstream,
+            waf,
+            limiter,
         })
     }
 
-    async fn token(&self, tokens: &TokenEndpoint, session: &mut Session) -> Result<HttpAnswer> {
+    async fn token(
+        &self,
+        tokens: &TokenEndpoint,
+        session: &mut Session,
+        request_id: &str,
+    ) -> Result<HttpAnswer> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let client_ip = self.waf.client_ip(peer, session.req_header());
+        // Allow-listed addresses are exempt, as from the api listener's per-IP rule.
+        let limiter = self
+            .limiter
+            .as_deref()
+            .filter(|_| !self.waf.is_allowed(client_ip));
+        if let Some(Err(applied)) = limiter.map(|l| l.check_token_failures(client_ip)) {
+            tracing::info!(target: "ratelimit", client_ip = %client_ip, "token endpoint: too many failed client authentications");
+            return Ok(too_many_failures(&applied, request_id));
+        }
         let Some(body) = read_body(session, MAX_TOKEN_BODY).await? else {
             return Ok(oauth_error(
                 413,
@@ -219,6 +293,11 @@ impl AuthDomain {
             body,
         };
         let outcome = tokens.token(call).await;
+        if let Some(limiter) = limiter
+            && is_failed_client_authentication(&outcome.answer)
+        {
+            limiter.record_token_failure(client_ip);
+        }
         let result = outcome.lookup.map_or("uncached", Lookup::as_str);
         metrics::token_request(result, outcome.answer.status);
         tracing::debug!(
@@ -283,7 +362,7 @@ impl ProxyHttp for AuthDomain {
         let path = session.req_header().uri.path().to_string();
         let is_get = session.req_header().method == http::Method::GET;
         let answer = match (path.as_str(), &self.tokens) {
-            ("/oauth2/token", Some(tokens)) => self.token(tokens, session).await?,
+            ("/oauth2/token", Some(tokens)) => self.token(tokens, session, &ctx.request_id).await?,
             ("/.well-known/jwks.json", _) if is_get => self.jwks().await,
             ("/.well-known/openid-configuration", _) if is_get => self.discovery().await,
             // Upstream mode: everything else is the IdP's (pingora proxies it).

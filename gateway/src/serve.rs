@@ -394,7 +394,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             &upstream,
             AssertionSigner::new(&secret, config.assertion_ttl_seconds),
         )?,
-        limiter,
+        limiter: limiter.clone(),
     };
     if !config.pipeline {
         tracing::warn!(
@@ -411,7 +411,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         &mut certs,
     )?;
 
-    let auth_domain = AuthDomain::new(&config, issuer.clone())?;
+    let auth_domain = AuthDomain::new(&config, issuer.clone(), waf.clone(), limiter)?;
     let mut auth = pingora::proxy::http_proxy_service_with_name(&conf, auth_domain, "auth");
     listen(
         &mut auth,

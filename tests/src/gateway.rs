@@ -67,26 +67,41 @@ pub fn relocatable_config_text() -> String {
     )
 }
 
-/// The default config's text with the per-IP rate limit (100 per 5 minutes) raised out of the
-/// way: every e2e request comes from 127.0.0.1. Rate-limit tests set their own limits.
+/// The default config's text with the per-IP rate limits (100 requests, and 100 failed token
+/// requests, per 5 minutes) raised out of the way: every e2e request comes from 127.0.0.1.
+/// Rate-limit tests set their own limits.
 pub fn unlimited_config_text() -> String {
-    raise_ip_limit(&relocatable_config_text())
+    set_in_section(
+        &raise_ip_limit(&relocatable_config_text()),
+        "rate_limit.token_failures",
+        "limit",
+        "1000000000",
+    )
 }
 
 /// `text` (a copy of the default config) with `[rate_limit.ip] limit = 100` raised to 10^9.
 pub fn raise_ip_limit(text: &str) -> String {
-    let section = text
-        .find("[rate_limit.ip]")
-        .expect("the default config has a [rate_limit.ip] section");
-    let at = section
-        + text[section..]
-            .find("\nlimit = 100")
-            .expect("[rate_limit.ip] starts with `limit = 100`");
-    format!(
-        "{}\nlimit = 1000000000{}",
-        &text[..at],
-        &text[at + "\nlimit = 100".len()..]
-    )
+    set_in_section(text, "rate_limit.ip", "limit", "1000000000")
+}
+
+/// `text` (a TOML config) with the line `key = ...` of `[section]` replaced by `key = value`.
+/// Panics when the section has no such line: the default config changed shape.
+pub fn set_in_section(text: &str, section: &str, key: &str, value: &str) -> String {
+    let header = format!("\n[{section}]");
+    let start = text
+        .find(&header)
+        .unwrap_or_else(|| panic!("no [{section}] in the config"))
+        + header.len();
+    let end = text[start..].find("\n[").map_or(text.len(), |i| start + i);
+    let prefix = format!("\n{key} = ");
+    let line = start
+        + text[start..end]
+            .find(&prefix)
+            .unwrap_or_else(|| panic!("[{section}] has no `{key} = ` line"));
+    let line_end = text[line + 1..]
+        .find('\n')
+        .map_or(text.len(), |i| line + 1 + i);
+    format!("{}\n{key} = {value}{}", &text[..line], &text[line_end..])
 }
 
 /// Data dirs are `<temp dir>/cedargate-e2e-<pid of the test process>-<random>`.

@@ -301,3 +301,83 @@ async fn an_issued_m2m_token_is_judged_by_its_scopes() {
     .await;
     denied.assert_error(403, "auth/insufficient_permissions");
 }
+
+/// `[rate_limit.token_failures]`: an address that failed client authentication `limit` times
+/// in the window gets 429 for every token request (right credentials too) until it has room;
+/// successes and malformed requests are not counted, the api listener is not affected.
+#[tokio::test]
+async fn failed_client_authentications_are_limited_per_address() {
+    use e2e_tests::gateway::{set_in_section, unlimited_config_text, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let text = unlimited_config_text();
+    let text = set_in_section(&text, "rate_limit.token_failures", "limit", "3");
+    let text = set_in_section(&text, "rate_limit.token_failures", "window_seconds", "60");
+    let gw = Gateway::start_with(&write_config(dir.path(), "cedargate.toml", &text), &[]);
+    let c = client();
+    let url = gw.auth_url("/oauth2/token");
+    let form = "grant_type=client_credentials&scope=app%2Fread";
+    let right = basic(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
+    let wrong = basic(DEMO_CLIENT_ID, "wrong-secret");
+
+    // Neither successes nor malformed requests count.
+    for _ in 0..5 {
+        post_form(&c, &url, Some(&right), form)
+            .await
+            .assert_status(200);
+        let a = post_form(&c, &url, Some(&right), "grant_type=password").await;
+        assert_eq!(
+            oauth_error(&a).as_deref(),
+            Some("unsupported_grant_type"),
+            "{a}"
+        );
+    }
+    // Three failures are answered as such, the fourth request is refused unchecked.
+    for _ in 0..3 {
+        let a = post_form(&c, &url, Some(&wrong), form).await;
+        a.assert_status(401);
+        assert_eq!(oauth_error(&a).as_deref(), Some("invalid_client"), "{a}");
+    }
+    for auth in [&wrong, &right] {
+        let a = post_form(&c, &url, Some(auth), form).await;
+        a.assert_status(429);
+        let body = a.json().unwrap_or_else(|| panic!("JSON: {a}"));
+        assert_eq!(body["error"], "temporarily_unavailable", "{a}");
+        assert_eq!(body["code"], "rate_limit/exceeded", "{a}");
+        assert_eq!(body["rule"], "token_failures", "{a}");
+        assert_eq!(body["status"], 429, "{a}");
+        assert!(
+            body["requestId"].as_str().is_some_and(|r| !r.is_empty()),
+            "{a}"
+        );
+        let retry: u64 = a
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("numeric Retry-After: {a}"));
+        assert!((1..=63).contains(&retry), "{a}");
+        assert_eq!(
+            a.header("ratelimit-policy"),
+            Some("\"token_failures\";q=3;w=60"),
+            "{a}"
+        );
+        assert_eq!(a.header("cache-control"), Some("no-store"), "{a}");
+        assert!(!a.text().contains("access_token"), "{a}");
+    }
+    // The api listener counts apart.
+    let member = gw.mint(&human("Member", "app"), None);
+    send(
+        &c,
+        "GET",
+        &gw.api_url("/app/v1/workspaces/ws-demo/missions"),
+        &[bearer(&member)],
+        None,
+    )
+    .await
+    .assert_status(200);
+    let metrics = send(&c, "GET", &gw.admin_url("/metrics"), &[], None).await;
+    assert!(
+        metrics.text().contains(
+            "cedargate_ratelimit_rejections_total{action=\"block\",rule=\"token_failures\"} 2"
+        ),
+        "{metrics}"
+    );
+}

@@ -61,6 +61,7 @@ pub(super) struct RawRateLimit {
     plans: HashMap<String, RawRule>,
     #[serde(default)]
     routes: Vec<RawRouteRule>,
+    token_failures: Option<RawRule>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -324,6 +325,13 @@ impl Validator<'_> {
             window_seconds: Some(300),
             ..RawRule::default()
         });
+        // Failed client authentications per IP at the token endpoint: each costs an argon2id
+        // hash (embedded issuer) or an upstream IdP call.
+        let token_failures = raw.token_failures.unwrap_or(RawRule {
+            limit: Some(100),
+            window_seconds: Some(300),
+            ..RawRule::default()
+        });
         let mut plans = HashMap::new();
         for (name, rule) in &raw.plans {
             if let Some(r) = self.rule(&format!("rate_limit.plans.{name}"), rule, buckets)? {
@@ -416,6 +424,7 @@ impl Validator<'_> {
             },
             tenant,
             routes,
+            token_failures: self.rule("rate_limit.token_failures", &token_failures, buckets)?,
         })
     }
 }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use table::Table;
+use table::{Table, Verdict};
 use window::{Standing, WindowSpec};
 
 use crate::authn::Identity;
@@ -83,6 +83,8 @@ pub struct RateLimitSettings {
     pub user: Option<RuleSettings>,
     pub tenant: Option<TenantSettings>,
     pub routes: Vec<RouteRuleSettings>,
+    /// Failed client authentications at the token endpoint (auth listener), by client IP.
+    pub token_failures: Option<RuleSettings>,
 }
 
 /// The rule that decided, and where the key stands in it: the `RateLimit` headers.
@@ -151,6 +153,19 @@ impl<K: std::hash::Hash + Eq + Clone> Rule<K> {
         if evicted > 0 {
             metrics::ratelimit_evictions(&self.name, evicted);
         }
+        self.judge(verdict)
+    }
+
+    /// Like [`Rule::check`], counting nothing: for rules that count some outcomes only.
+    fn peek<Q>(&self, key: &Q, now_ms: u64) -> Result<Applied, Box<Applied>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.judge(self.table.peek(key, now_ms))
+    }
+
+    fn judge(&self, verdict: Verdict) -> Result<Applied, Box<Applied>> {
         let applied = Applied {
             rule: self.name.clone(),
             spec: self.table.windows()[verdict.window],
@@ -193,6 +208,7 @@ pub struct RateLimiter {
     tenant_default: Option<String>,
     tenant_workspaces: HashMap<String, String>,
     routes: HashMap<String, RouteRules>,
+    token_failures: Option<Rule<u128>>,
 }
 
 impl RateLimiter {
@@ -238,6 +254,10 @@ impl RateLimiter {
             tenant_default,
             tenant_workspaces,
             routes,
+            token_failures: settings
+                .token_failures
+                .as_ref()
+                .map(|r| Rule::new("token_failures", r, max)),
         })
     }
 
@@ -271,6 +291,27 @@ impl RateLimiter {
         };
         let key = self.ip_key(ip);
         rule.check(&key, self.now_ms(), || key).map(Some)
+    }
+
+    /// The token endpoint, before the credentials are checked: `Err` while this address has
+    /// no failed client authentications left in the window (every request is then refused,
+    /// right credentials too: checking them is what a guesser wants to make us do).
+    pub fn check_token_failures(&self, ip: IpAddr) -> Result<(), Box<Applied>> {
+        match &self.token_failures {
+            Some(rule) => rule.peek(&self.ip_key(ip), self.now_ms()).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// The token endpoint refused this address' client authentication: count it.
+    pub fn record_token_failure(&self, ip: IpAddr) {
+        if let Some(rule) = &self.token_failures {
+            let key = self.ip_key(ip);
+            let (_, evicted) = rule.table.check(&key, self.now_ms(), || key);
+            if evicted > 0 {
+                metrics::ratelimit_evictions(&rule.name, evicted);
+            }
+        }
     }
 
     /// Stage 6: the principal's rules, most specific first. Returns the admitted rule with the
@@ -374,6 +415,7 @@ mod tests {
             user: None,
             tenant: None,
             routes: Vec::new(),
+            token_failures: Some(rule(2, 60)),
         }
     }
 
@@ -414,6 +456,26 @@ mod tests {
         for _ in 0..10 {
             assert!(rl.check_ip(ip).is_ok());
         }
+    }
+
+    #[test]
+    fn token_failures_refuse_an_address_only_after_its_failures() {
+        let rl = RateLimiter::new(&settings()).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10 {
+            assert!(rl.check_token_failures(ip).is_ok(), "checks count nothing");
+        }
+        rl.record_token_failure(ip);
+        assert!(rl.check_token_failures(ip).is_ok());
+        rl.record_token_failure(ip);
+        let refused = rl.check_token_failures(ip).unwrap_err();
+        assert_eq!(&*refused.rule, "token_failures");
+        assert!(refused.retry_after_seconds() >= 1);
+        assert!(
+            rl.check_token_failures("192.0.2.2".parse().unwrap())
+                .is_ok()
+        );
+        assert!(rl.check_ip(ip).is_ok(), "the ip rule counts apart");
     }
 
     #[test]

@@ -21,7 +21,8 @@ const EVICTION_SAMPLE: usize = 8;
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
-    /// Whether every window of the rule had room (and the request was counted).
+    /// Whether every window of the rule had room (and, for [`Table::check`], the request was
+    /// counted).
     pub admitted: bool,
     /// Which window decided: the refusing one, or the one with the least room left.
     pub window: usize,
@@ -84,11 +85,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard_index = (self.hasher.hash_one(key) as usize) % SHARDS;
-        let mut shard = match self.shards[shard_index].lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut shard = self.shard(key);
         let mut evicted = 0;
         if !shard.map.contains_key(key) {
             if shard.map.len() >= self.per_shard {
@@ -108,12 +105,49 @@ impl<K: Hash + Eq + Clone> Table<K> {
             return (self.refused_unknown(), evicted);
         };
         entry.last_ms = now_ms;
+        (self.judge(entry, now_ms, true), evicted)
+    }
+
+    /// Whether one more request of `key` would be admitted at `now_ms`, and where the key
+    /// stands, without counting anything (for rules that count only some outcomes).
+    pub fn peek<Q>(&self, key: &Q, now_ms: u64) -> Verdict
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.shard(key);
+        match shard.map.get_mut(key) {
+            Some(entry) => self.judge(entry, now_ms, false),
+            None => {
+                let mut fresh = Entry {
+                    counters: self.windows.iter().map(Counter::new).collect(),
+                    last_ms: now_ms,
+                };
+                self.judge(&mut fresh, now_ms, false)
+            }
+        }
+    }
+
+    fn shard<Q>(&self, key: &Q) -> std::sync::MutexGuard<'_, Shard<K>>
+    where
+        Q: Hash + ?Sized,
+    {
+        let shard_index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        match self.shards[shard_index].lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Whether every window of `entry` has room at `now_ms` (counting the request in each
+    /// when it has and `count` is set), and the deciding window's standing.
+    fn judge(&self, entry: &mut Entry, now_ms: u64, count: bool) -> Verdict {
         let refusing = self
             .windows
             .iter()
             .zip(entry.counters.iter_mut())
             .position(|(spec, c)| !c.fits(spec, now_ms));
-        if refusing.is_none() {
+        if refusing.is_none() && count {
             for (spec, c) in self.windows.iter().zip(entry.counters.iter_mut()) {
                 c.add(spec, now_ms);
             }
@@ -130,14 +164,11 @@ impl<K: Hash + Eq + Clone> Table<K> {
                 .min_by_key(|(_, s)| s.remaining)
                 .unwrap_or((0, EMPTY)),
         };
-        (
-            Verdict {
-                admitted: refusing.is_none(),
-                window,
-                standing,
-            },
-            evicted,
-        )
+        Verdict {
+            admitted: refusing.is_none(),
+            window,
+            standing,
+        }
     }
 
     /// Keys currently held.
@@ -232,6 +263,24 @@ mod tests {
             v.standing.remaining, 1,
             "the burst window is the tighter one"
         );
+    }
+
+    #[test]
+    fn peeking_counts_nothing() {
+        let t: Table<u32> = Table::new(vec![spec(2, 10_000)], 100);
+        let v = t.peek(&1, 0);
+        assert!(v.admitted);
+        assert_eq!(v.standing.remaining, 2, "an unseen key has the whole limit");
+        assert_eq!(t.len(), 0, "peeking an unseen key stores nothing");
+        t.check(&1, 0, || 1);
+        for _ in 0..5 {
+            assert_eq!(t.peek(&1, 10).standing.remaining, 1);
+        }
+        t.check(&1, 20, || 1);
+        let v = t.peek(&1, 30);
+        assert!(!v.admitted, "two counted: the next one would not fit");
+        assert!(v.standing.retry_after_ms > 0);
+        assert!(t.peek(&1, 11_000).admitted, "both left the window");
     }
 
     #[test]

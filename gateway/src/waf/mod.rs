@@ -241,6 +241,11 @@ impl Waf {
         )
     }
 
+    /// Whether `ip` is on the allow list (exempt from per-IP rate limits).
+    pub fn is_allowed(&self, ip: IpAddr) -> bool {
+        self.lists.load().allow.contains(ip)
+    }
+
     /// Reputation, then size limits: the cheapest refusals.
     pub fn check_client_and_size(
         &self,
