@@ -55,6 +55,7 @@ pub struct AuthDomain {
 /// Per-request context of the auth listener.
 pub struct AuthCtx {
     request_id: String,
+    client_ip: IpAddr,
 }
 
 /// Token cache events as Prometheus metrics.
@@ -262,13 +263,9 @@ impl AuthDomain {
         &self,
         tokens: &TokenEndpoint,
         session: &mut Session,
-        request_id: &str,
+        ctx: &AuthCtx,
     ) -> Result<HttpAnswer> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        let client_ip = self.waf.client_ip(peer, session.req_header());
+        let (client_ip, request_id) = (ctx.client_ip, ctx.request_id.as_str());
         // Allow-listed addresses are exempt, as from the api listener's per-IP rule.
         let limiter = self
             .limiter
@@ -348,6 +345,7 @@ impl ProxyHttp for AuthDomain {
     fn new_ctx(&self) -> AuthCtx {
         AuthCtx {
             request_id: String::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -360,9 +358,18 @@ impl ProxyHttp for AuthDomain {
                 .map(|v| v.as_bytes()),
         );
         let path = session.req_header().uri.path().to_string();
+        // The api listener's IP lists and size limits hold here too.
+        ctx.client_ip = self.waf.session_client_ip(session);
+        if let Err(refused) = self
+            .waf
+            .check_client_and_size(ctx.client_ip, session.req_header())
+        {
+            respond::error(session, &ctx.request_id, &path, &refused).await?;
+            return Ok(true);
+        }
         let is_get = session.req_header().method == http::Method::GET;
         let answer = match (path.as_str(), &self.tokens) {
-            ("/oauth2/token", Some(tokens)) => self.token(tokens, session, &ctx.request_id).await?,
+            ("/oauth2/token", Some(tokens)) => self.token(tokens, session, ctx).await?,
             ("/.well-known/jwks.json", _) if is_get => self.jwks().await,
             ("/.well-known/openid-configuration", _) if is_get => self.discovery().await,
             // Upstream mode: everything else is the IdP's (pingora proxies it).

@@ -135,15 +135,11 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
         let t = Instant::now();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let client_ip = self.waf.session_client_ip(session);
         let req = session.req_header();
         ctx.method = req.method.as_str().to_string();
         ctx.path = req.uri.path().to_string();
         ctx.query = req.uri.query().unwrap_or_default().to_string();
-        let client_ip = self.waf.client_ip(peer, req);
         ctx.client_ip = Some(client_ip);
         let reputation = self.waf.check_client_and_size(client_ip, req)?;
         // Stage 7, first half: a smuggled path is refused before anything costs more.

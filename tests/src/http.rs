@@ -237,15 +237,20 @@ pub async fn answer_of(request: String, resp: reqwest::Response) -> Answer {
     }
 }
 
+/// The demo client's HTTP Basic `Authorization` value.
+pub fn demo_basic() -> String {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"));
+    format!("Basic {basic}")
+}
+
 /// `POST /oauth2/token` on the auth listener for the demo client (HTTP Basic), `scope` if any.
 pub async fn client_credentials(
     gw: &Gateway,
     client: &reqwest::Client,
     scope: Option<&str>,
 ) -> Answer {
-    use base64::Engine as _;
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}"));
     let mut form = String::from("grant_type=client_credentials");
     if let Some(scope) = scope {
         form.push_str("&scope=");
@@ -254,7 +259,7 @@ pub async fn client_credentials(
     post_form(
         client,
         &gw.auth_url("/oauth2/token"),
-        Some(&format!("Basic {basic}")),
+        Some(&demo_basic()),
         &form,
     )
     .await

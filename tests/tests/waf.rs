@@ -412,9 +412,24 @@ async fn ip_lists_block_reload_and_trusted_proxies_name_the_client() {
         let url = gw.api_url(MISSIONS);
         async move { send(&c, "GET", &url, &h, None).await }
     };
-    // The peer (a trusted proxy) is denied when it speaks for itself.
+    // The token endpoint, as a client with the right credentials.
+    let token = |xff: Option<&str>| {
+        let mut req = c
+            .post(gw.auth_url("/oauth2/token"))
+            .header("authorization", e2e_tests::http::demo_basic())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials");
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        let what = format!("POST /oauth2/token (X-Forwarded-For: {xff:?})");
+        async move { answer_of(what, req.send().await.expect("the auth listener answers")).await }
+    };
+    // The peer (a trusted proxy) is denied when it speaks for itself, on both listeners.
     let a = get(None).await;
     assert_blocked(&a, "ip-deny-list", "127.0.0.1");
+    assert_blocked(&token(None).await, "ip-deny-list", "127.0.0.1");
+    token(Some("198.51.100.20")).await.assert_status(200);
     // Behind the trusted proxy, the client named by X-Forwarded-For counts.
     get(Some("198.51.100.20")).await.assert_status(200);
     // Reload by file change: deny that client instead.
@@ -433,6 +448,12 @@ async fn ip_lists_block_reload_and_trusted_proxies_name_the_client() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     get(None).await.assert_status(200);
+    assert_blocked(
+        &token(Some("198.51.100.20")).await,
+        "ip-deny-list",
+        "198.51.100",
+    );
+    token(None).await.assert_status(200);
     // A client cannot pick its address by prepending entries to the header.
     let a = get(Some("203.0.113.1, 198.51.100.20")).await;
     assert_eq!(a.status, 403, "{a}");

@@ -229,6 +229,16 @@ impl Waf {
         }
     }
 
+    /// The address of a session's client: the peer (unspecified when it has none, e.g. a unix
+    /// socket), or `X-Forwarded-For` behind a trusted proxy.
+    pub fn session_client_ip(&self, session: &pingora::proxy::Session) -> IpAddr {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        self.client_ip(peer, session.req_header())
+    }
+
     /// The client's address (the peer, or `X-Forwarded-For` behind a trusted proxy).
     pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
         iplist::client_ip(
