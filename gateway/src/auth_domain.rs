@@ -360,9 +360,9 @@ impl ProxyHttp for AuthDomain {
         let path = session.req_header().uri.path().to_string();
         // The api listener's IP lists and size limits hold here too.
         ctx.client_ip = self.waf.session_client_ip(session);
-        if let Err(refused) = self
-            .waf
-            .check_client_and_size(ctx.client_ip, session.req_header())
+        if let Err(refused) =
+            self.waf
+                .check_client_and_size(ctx.client_ip, session.req_header(), false)
         {
             respond::error(session, &ctx.request_id, &path, &refused).await?;
             return Ok(true);

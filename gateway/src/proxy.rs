@@ -141,7 +141,7 @@ impl Gateway {
         ctx.path = req.uri.path().to_string();
         ctx.query = req.uri.query().unwrap_or_default().to_string();
         ctx.client_ip = Some(client_ip);
-        let reputation = self.waf.check_client_and_size(client_ip, req)?;
+        let reputation = self.waf.check_client_and_size(client_ip, req, true)?;
         // Stage 7, first half: a smuggled path is refused before anything costs more.
         let segments = split_path(req.uri.path())?;
         // The route is needed early for per-route WAF exclusions and rate limits.

@@ -256,11 +256,13 @@ impl Waf {
         self.lists.load().allow.contains(ip)
     }
 
-    /// Reputation, then size limits: the cheapest refusals.
+    /// Reputation, then size limits: the cheapest refusals. `inspects_body`: the body will be
+    /// inspected, so `oversize_body = "block"` refuses one larger than the inspection cap.
     pub fn check_client_and_size(
         &self,
         ip: IpAddr,
         req: &RequestHeader,
+        inspects_body: bool,
     ) -> Result<Reputation, GatewayError> {
         let lists = self.lists.load();
         let reputation = if lists.allow.contains(ip) {
@@ -291,7 +293,10 @@ impl Waf {
             if len > s.max_body_bytes {
                 return Err(GatewayError::PayloadTooLarge);
             }
-            if s.oversize_body == OversizeBody::Block && len > s.body_inspect_bytes as u64 {
+            if inspects_body
+                && s.oversize_body == OversizeBody::Block
+                && len > s.body_inspect_bytes as u64
+            {
                 return Err(GatewayError::BodyNotInspectable);
             }
         }
