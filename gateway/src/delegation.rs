@@ -5,6 +5,11 @@
 //! directory (`GET /internal/v1/workspaces/{ws}/users/{id}`, signed like any forwarded request)
 //! and cached briefly. Anything else is 403 `auth/invalid_delegation`; a directory that cannot
 //! answer refuses the request (fail closed).
+//!
+//! The cache forgets a user as soon as a change to them passes through this gateway and the
+//! backend accepts it ([`DirectoryChange`]): a deleted or suspended user cannot be acted for
+//! on the next request. Changes made elsewhere (another instance, the backend directly) are
+//! seen when the entry expires ([`POSITIVE_TTL`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +43,44 @@ pub struct DelegatedUser {
     pub timezone: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+}
+
+/// A change to the directory a request makes when the backend accepts it (a 2xx answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryChange {
+    /// A user changed or went away (a write to a route with a `userId` parameter).
+    User { workspace: String, user: String },
+    /// A user may have been created (`POST …/users`): forget the users found absent.
+    NewUser,
+    /// A whole workspace went away (`DELETE …/workspaces/{workspaceId}`).
+    Workspace,
+}
+
+impl DirectoryChange {
+    /// What a request to `template` with these path parameters changes, if it succeeds.
+    pub fn of(
+        method: &http::Method,
+        template: &str,
+        param: impl Fn(&str) -> Option<String>,
+    ) -> Option<DirectoryChange> {
+        use http::Method;
+        if !matches!(
+            *method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        ) {
+            return None;
+        }
+        if let (Some(workspace), Some(user)) = (param("workspaceId"), param("userId")) {
+            return Some(DirectoryChange::User { workspace, user });
+        }
+        if *method == Method::POST && template.ends_with("/users") {
+            return Some(DirectoryChange::NewUser);
+        }
+        if *method == Method::DELETE && template.ends_with("/workspaces/{workspaceId}") {
+            return Some(DirectoryChange::Workspace);
+        }
+        None
+    }
 }
 
 /// The backend's user directory, with a short cache.
@@ -138,6 +181,19 @@ impl Directory {
         }
     }
 
+    /// The backend accepted `change`: forget what the cache knew of it.
+    pub async fn forget(&self, change: &DirectoryChange) {
+        match change {
+            DirectoryChange::User { workspace, user } => {
+                let key = (workspace.clone(), user.clone());
+                self.found.invalidate(&key).await;
+                self.absent.invalidate(&key).await;
+            }
+            DirectoryChange::NewUser => self.absent.invalidate_all(),
+            DirectoryChange::Workspace => self.found.invalidate_all(),
+        }
+    }
+
     async fn fetch(
         &self,
         identity: &Identity,
@@ -206,6 +262,58 @@ fn valid_user_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_to_users_and_workspaces_are_directory_changes() {
+        use http::Method;
+        let params = |ws: Option<&str>, user: Option<&str>| {
+            let (ws, user) = (ws.map(str::to_owned), user.map(str::to_owned));
+            move |name: &str| match name {
+                "workspaceId" => ws.clone(),
+                "userId" => user.clone(),
+                _ => None,
+            }
+        };
+        let user = Some(DirectoryChange::User {
+            workspace: "ws".into(),
+            user: "u".into(),
+        });
+        let t = "/dashboard/v1/workspaces/{workspaceId}/users/{userId}";
+        for m in [Method::DELETE, Method::PUT, Method::PATCH, Method::POST] {
+            assert_eq!(
+                DirectoryChange::of(&m, t, params(Some("ws"), Some("u"))),
+                user
+            );
+        }
+        assert_eq!(
+            DirectoryChange::of(&Method::GET, t, params(Some("ws"), Some("u"))),
+            None
+        );
+        assert_eq!(
+            DirectoryChange::of(
+                &Method::POST,
+                "/dashboard/v1/workspaces/{workspaceId}/users",
+                params(Some("ws"), None)
+            ),
+            Some(DirectoryChange::NewUser)
+        );
+        assert_eq!(
+            DirectoryChange::of(
+                &Method::DELETE,
+                "/dashboard/v1/workspaces/{workspaceId}",
+                params(Some("ws"), None)
+            ),
+            Some(DirectoryChange::Workspace)
+        );
+        assert_eq!(
+            DirectoryChange::of(
+                &Method::POST,
+                "/app/v1/workspaces/{workspaceId}/missions/{missionId}/complete",
+                params(Some("ws"), None)
+            ),
+            None
+        );
+    }
 
     #[test]
     fn user_ids_cannot_escape_the_directory_path() {

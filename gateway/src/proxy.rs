@@ -24,7 +24,7 @@ use crate::audit::{self, AuditSink};
 use crate::authn::{Identity, Verifier, bearer_token};
 use crate::authz::{Authorizer, Outcome, RequestFacts};
 use crate::cors::Cors;
-use crate::delegation::Directory;
+use crate::delegation::{Directory, DirectoryChange};
 use crate::error::GatewayError;
 use crate::forward::{self, AssertionSigner};
 use crate::ratelimit::{Applied, Principal, RateLimiter};
@@ -93,6 +93,8 @@ pub struct RequestCtx {
     pub upstream: Option<Duration>,
     /// The request's `Origin`, when CORS allows it.
     pub origin: Option<String>,
+    /// What the request changes in the user directory, when the backend accepts it.
+    pub directory_change: Option<DirectoryChange>,
 }
 
 impl RequestCtx {
@@ -122,6 +124,7 @@ impl RequestCtx {
             upstream_started: None,
             upstream: None,
             origin: None,
+            directory_change: None,
         }
     }
 }
@@ -281,6 +284,9 @@ impl Gateway {
             .ok_or(GatewayError::RouteNotFound)?;
         let route = &bundle.routes.routes[matched.route_index];
         ctx.route = Some(route.action.clone());
+        ctx.directory_change = DirectoryChange::of(&req.method, &route.template, |p| {
+            matched.param(p).map(str::to_owned)
+        });
         // Policies and backend must never read different values of one parameter.
         if route.ambiguous_query(&query) {
             return Err(GatewayError::AmbiguousQuery);
@@ -507,6 +513,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(started) = ctx.upstream_started {
             ctx.upstream = Some(started.elapsed());
+        }
+        // Before the client hears of the change, so that its next request sees it.
+        if let Some(change) = &ctx.directory_change
+            && resp.status.is_success()
+        {
+            self.directory.forget(change).await;
         }
         respond::decorate(resp, &ctx.request_id)?;
         self.cors.decorate(ctx.origin.as_deref(), resp)?;

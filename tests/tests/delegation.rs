@@ -8,6 +8,7 @@ use e2e_tests::claims::{human, m2m};
 use e2e_tests::echo::{echo_backend, external_backend_config_text};
 use e2e_tests::gateway::{Gateway, write_config};
 use e2e_tests::http::{bearer, client, send};
+use serde_json::json;
 
 const MISSIONS: &str = "/app/v1/workspaces/ws-demo/missions";
 
@@ -102,4 +103,54 @@ async fn m2m_clients_act_for_users_of_their_workspace_only() {
     )
     .await
     .assert_status(200);
+}
+
+/// The directory cache forgets a user as soon as a change to them passes through the gateway:
+/// disabled, enabled again and deleted, each seen by the very next delegated request (the
+/// cache would otherwise hold the user for 30 s). Against the embedded backend.
+#[tokio::test]
+async fn changes_to_a_user_through_the_gateway_apply_to_the_next_delegated_request() {
+    let gw = Gateway::start();
+    let c = client();
+    let admin = gw.mint(&human("Admin", "dashboard"), None);
+    let writer = gw.mint(&m2m("app/read app/write"), None);
+    let users = gw.api_url("/dashboard/v1/workspaces/ws-demo/users");
+    let created = send(
+        &c,
+        "POST",
+        &users,
+        &[bearer(&admin)],
+        Some(&json!({"name": "Dee", "email": "dee@example.com"})),
+    )
+    .await;
+    created.assert_status(201);
+    let id = created.json().unwrap()["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an id: {created}"))
+        .to_owned();
+    let user_url = format!("{users}/{id}");
+    let act = || {
+        let (c, url, h) = (
+            c.clone(),
+            gw.api_url(MISSIONS),
+            vec![bearer(&writer), acting_for(&id)],
+        );
+        async move { send(&c, "GET", &url, &h, None).await }
+    };
+    act().await.assert_status(200);
+    act().await.assert_status(200);
+    let update = |status: &'static str| {
+        let (c, url, h) = (c.clone(), user_url.clone(), vec![bearer(&admin)]);
+        async move {
+            let body = json!({"name": "Dee", "lang": "en", "timezone": "UTC", "status": status});
+            send(&c, "PUT", &url, &h, Some(&body)).await
+        }
+    };
+    update("disabled").await.assert_status(200);
+    act().await.assert_error(403, "auth/invalid_delegation");
+    update("active").await.assert_status(200);
+    act().await.assert_status(200);
+    let deleted = send(&c, "DELETE", &user_url, &[bearer(&admin)], None).await;
+    assert!(deleted.status / 100 == 2, "{deleted}");
+    act().await.assert_error(403, "auth/invalid_delegation");
 }
