@@ -26,6 +26,7 @@ mod openapi;
 mod policy_cli;
 mod proxy;
 pub mod ratelimit;
+mod reload;
 pub mod request_id;
 mod respond;
 pub mod routes;

@@ -19,7 +19,11 @@ use crate::authz::{Authorizer, PolicyBundle, PolicySource};
 use crate::config::{BackendStore, BackendTarget, CertFiles, Config};
 use crate::forward::{self, AssertionSigner};
 use crate::proxy::{Gateway, Upstream};
+use crate::reload::Reloader;
 use crate::tls::ReloadingCert;
+
+/// How often the TLS certificate files are checked for a renewal.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Listener and path overrides from the command line.
 #[derive(Debug, Default, Clone)]
@@ -107,86 +111,8 @@ impl BackgroundService for JwksRefresher {
     }
 }
 
-/// Reloads the policies on SIGHUP and, when watching, when their files change.
-struct PolicyReloader {
-    authorizer: Arc<Authorizer>,
-    watch: Option<Duration>,
-}
-
-#[async_trait]
-impl BackgroundService for PolicyReloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Installing the handler also stops SIGHUP's default action (terminating the process).
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/policies/reload");
-                None
-            }
-        };
-        let mut fingerprint = self.authorizer.source().fingerprint();
-        let mut tick = tokio::time::interval(self.watch.unwrap_or(Duration::from_secs(3600)));
-        tick.tick().await;
-        loop {
-            let trigger = tokio::select! {
-                _ = shutdown.changed() => return,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-                _ = tick.tick() => {
-                    if self.watch.is_none() {
-                        continue;
-                    }
-                    let now = self.authorizer.source().fingerprint();
-                    if now == fingerprint {
-                        continue;
-                    }
-                    "file change"
-                }
-            };
-            let authorizer = self.authorizer.clone();
-            // Loading parses and validates every file: keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || authorizer.reload(trigger)).await;
-            fingerprint = self.authorizer.source().fingerprint();
-        }
-    }
-}
-
-/// Reloads the WAF's IP lists on SIGHUP and, when watching, when their files change.
-struct IpListReloader {
-    waf: Arc<crate::waf::Waf>,
-}
-
-#[async_trait]
-impl BackgroundService for IpListReloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let settings = self.waf.settings();
-        if settings.ip_allow_file.is_none() && settings.ip_deny_file.is_none() {
-            return;
-        }
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        let watch = settings.ip_lists_watch;
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(settings.ip_lists_watch_interval_ms));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    let _ = self.waf.reload_ip_lists("SIGHUP");
-                }
-                _ = tick.tick() => {
-                    if watch {
-                        self.waf.reload_if_changed();
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service; a TLS endpoint's certificate
-/// joins `certs`, the ones `TlsReloader` and `POST /admin/tls/reload` renew.
+/// joins `certs`, the ones a `Reloader` and `POST /admin/tls/reload` renew.
 fn listen<A>(
     service: &mut Service<A>,
     addr: std::net::SocketAddr,
@@ -205,39 +131,6 @@ fn listen<A>(
         }
     }
     Ok(())
-}
-
-/// Renews the listeners' certificates when their files change and on SIGHUP.
-struct TlsReloader {
-    certs: Arc<Vec<Arc<ReloadingCert>>>,
-}
-
-#[async_trait]
-impl BackgroundService for TlsReloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{SignalKind, signal};
-        if self.certs.is_empty() {
-            return;
-        }
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    for c in self.certs.iter() {
-                        let _ = c.reload("SIGHUP");
-                    }
-                }
-                _ = tick.tick() => {
-                    for c in self.certs.iter() {
-                        c.reload_if_changed();
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Run the gateway until a signal stops it.
@@ -446,21 +339,33 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         "signing key reload",
         crate::auth_domain::KeyReloader { issuer },
     ));
-    server.add_service(background_service("ip list reload", IpListReloader { waf }));
-    server.add_service(background_service("tls reload", TlsReloader { certs }));
+    let waf_settings = waf.settings();
+    if waf_settings.ip_allow_file.is_some() || waf_settings.ip_deny_file.is_some() {
+        let watch = waf_settings
+            .ip_lists_watch
+            .then(|| Duration::from_millis(waf_settings.ip_lists_watch_interval_ms));
+        server.add_service(background_service(
+            "ip list reload",
+            Reloader::new("ip lists", waf, watch),
+        ));
+    }
+    for cert in certs.iter() {
+        server.add_service(background_service(
+            "tls reload",
+            Reloader::new("tls", cert.clone(), Some(TLS_WATCH_INTERVAL)),
+        ));
+    }
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher { verifier },
     ));
+    let watch = config
+        .policies
+        .watch
+        .then(|| Duration::from_millis(config.policies.watch_interval_ms));
     server.add_service(background_service(
         "policy reload",
-        PolicyReloader {
-            authorizer,
-            watch: config
-                .policies
-                .watch
-                .then(|| Duration::from_millis(config.policies.watch_interval_ms)),
-        },
+        Reloader::new("policies", authorizer, watch),
     ));
     tracing::info!(
         api = %config.listeners.api,

@@ -5,7 +5,7 @@
 //! only a valid pair replaces the one in force, so a half-written or mismatched renewal never
 //! breaks handshakes. New handshakes use the new certificate; open connections keep theirs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -20,14 +20,6 @@ use crate::config::CertFiles;
 pub struct ReloadingCert {
     files: CertFiles,
     current: ArcSwap<CertifiedKey>,
-    stamp: Mutex<Stamp>,
-}
-
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
-
-fn stamp(files: &CertFiles) -> Stamp {
-    let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (m(&files.cert_file), m(&files.key_file))
 }
 
 fn load(files: &CertFiles) -> Result<Arc<CertifiedKey>, String> {
@@ -60,7 +52,6 @@ impl ReloadingCert {
     pub fn new(files: &CertFiles) -> Result<Arc<ReloadingCert>, String> {
         let key = load(files)?;
         Ok(Arc::new(ReloadingCert {
-            stamp: Mutex::new(stamp(files)),
             files: files.clone(),
             current: ArcSwap::new(key),
         }))
@@ -75,9 +66,6 @@ impl ReloadingCert {
 
     /// Re-read the files; on error the pair in force stays.
     pub fn reload(&self, trigger: &str) -> Result<(), String> {
-        if let Ok(mut s) = self.stamp.lock() {
-            *s = stamp(&self.files);
-        }
         match load(&self.files) {
             Ok(key) => {
                 self.current.store(key);
@@ -92,14 +80,18 @@ impl ReloadingCert {
             }
         }
     }
+}
 
-    /// Reload when either file changed since the last (re)load.
-    pub fn reload_if_changed(&self) {
-        let now = stamp(&self.files);
-        let changed = self.stamp.lock().map(|s| *s != now).unwrap_or(false);
-        if changed {
-            let _ = self.reload("file change");
-        }
+impl crate::reload::Reload for ReloadingCert {
+    type Stamp = [Option<SystemTime>; 2];
+
+    fn stamp(&self) -> Self::Stamp {
+        [&self.files.cert_file, &self.files.key_file]
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    }
+
+    fn reload_files(&self, trigger: &'static str) {
+        let _ = self.reload(trigger);
     }
 }
 

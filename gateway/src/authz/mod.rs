@@ -179,6 +179,18 @@ impl PolicySource {
     }
 }
 
+impl crate::reload::Reload for Authorizer {
+    type Stamp = u64;
+
+    fn stamp(&self) -> u64 {
+        self.source().fingerprint()
+    }
+
+    fn reload_files(&self, trigger: &'static str) {
+        let _ = self.reload(trigger);
+    }
+}
+
 /// A refused reload.
 #[derive(Debug, Clone)]
 pub struct Refusal {

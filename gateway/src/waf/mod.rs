@@ -161,7 +161,6 @@ pub struct Waf {
     settings: WafSettings,
     detector: Detector,
     lists: ArcSwap<IpLists>,
-    lists_fingerprint: std::sync::Mutex<Vec<Option<SystemTime>>>,
     log_budget: AtomicU64,
 }
 
@@ -175,7 +174,6 @@ impl Waf {
             Detector::lazy()
         };
         let waf = Waf {
-            lists_fingerprint: std::sync::Mutex::new(fingerprint(&settings)),
             settings,
             detector,
             lists: ArcSwap::from_pointee(lists),
@@ -191,11 +189,7 @@ impl Waf {
 
     /// Re-read the IP lists; on error the lists in force stay.
     pub fn reload_ip_lists(&self, trigger: &str) -> Result<(usize, usize), String> {
-        let result = load_lists(&self.settings);
-        if let Ok(mut f) = self.lists_fingerprint.lock() {
-            *f = fingerprint(&self.settings);
-        }
-        match result {
+        match load_lists(&self.settings) {
             Ok(lists) => {
                 let counts = (lists.allow.len(), lists.deny.len());
                 self.lists.store(Arc::new(lists));
@@ -213,19 +207,6 @@ impl Waf {
                 tracing::error!(trigger, error = %e, "IP lists refused; the previous lists stay in force");
                 Err(e)
             }
-        }
-    }
-
-    /// Reload when a list file changed since the last (re)load.
-    pub fn reload_if_changed(&self) {
-        let now = fingerprint(&self.settings);
-        let changed = self
-            .lists_fingerprint
-            .lock()
-            .map(|f| *f != now)
-            .unwrap_or(false);
-        if changed {
-            let _ = self.reload_ip_lists("file change");
         }
     }
 
@@ -559,15 +540,20 @@ fn load_lists(s: &WafSettings) -> Result<IpLists, String> {
     })
 }
 
-fn fingerprint(s: &WafSettings) -> Vec<Option<SystemTime>> {
-    [&s.ip_allow_file, &s.ip_deny_file]
-        .iter()
-        .map(|p| {
+impl crate::reload::Reload for Waf {
+    type Stamp = [Option<SystemTime>; 2];
+
+    fn stamp(&self) -> Self::Stamp {
+        [&self.settings.ip_allow_file, &self.settings.ip_deny_file].map(|p| {
             p.as_ref()
                 .and_then(|p| std::fs::metadata(p).ok())
                 .and_then(|m| m.modified().ok())
         })
-        .collect()
+    }
+
+    fn reload_files(&self, trigger: &'static str) {
+        let _ = self.reload_ip_lists(trigger);
+    }
 }
 
 /// A small inline list of headers, so inspection allocates nothing for typical requests.
