@@ -91,6 +91,30 @@ fn jwt_self_test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Hands memory freed while the process is otherwise idle back to the OS. mimalloc returns
+/// freed memory after a delay (1 s), but only when an allocation or a collection in some
+/// thread gets to it: without this, an idle gateway kept e.g. the 19 MiB of an argon2id
+/// client-secret check (RSS 49 → 70 MB after one token request, for good).
+struct AllocatorPurge;
+
+/// How often [`AllocatorPurge`] runs (the purge itself is a no-op when nothing expired).
+const ALLOCATOR_PURGE_INTERVAL: Duration = Duration::from_secs(2);
+
+#[async_trait]
+impl BackgroundService for AllocatorPurge {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(ALLOCATOR_PURGE_INTERVAL) => {}
+            }
+            // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes
+            // no pointer. Not forced: it purges what has been free for the delay.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+    }
+}
+
 struct JwksRefresher {
     verifier: Arc<Verifier>,
 }
@@ -355,6 +379,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             Reloader::new("tls", cert.clone(), Some(TLS_WATCH_INTERVAL)),
         ));
     }
+    server.add_service(background_service("allocator purge", AllocatorPurge));
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher { verifier },

@@ -327,7 +327,7 @@ impl Issuer {
             secret::verify_secret(hash, &creds.secret) && client.is_some()
         };
         let Some(client) = client.filter(|_| verified) else {
-            tracing::info!(client_id = ?creds.client_id, "client authentication failed");
+            tracing::info!(client_id = %creds.client_id, "client authentication failed");
             return Err(OAuthError::invalid_client(
                 "client authentication failed",
                 creds.method == AuthMethod::Basic,
