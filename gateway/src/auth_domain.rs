@@ -35,6 +35,9 @@ use crate::respond;
 use crate::waf::Waf;
 pub use upstream::UpstreamIdpClient;
 
+/// The token endpoint.
+const TOKEN_PATH: &str = "/oauth2/token";
+
 /// Largest token request body accepted.
 const MAX_TOKEN_BODY: usize = 16 * 1024;
 
@@ -125,22 +128,19 @@ fn is_failed_client_authentication(answer: &HttpAnswer) -> bool {
                 .is_ok_and(|b| b.error.as_deref() == Some("invalid_client")))
 }
 
-/// 429 while an address has used up its failed client authentications: the OAuth error
-/// fields beside the gateway's envelope, `Retry-After` and the `RateLimit` headers.
+/// 429 while an address has used up its failed client authentications: the gateway's error
+/// envelope with the OAuth error fields beside it, `Retry-After` and the `RateLimit` headers.
 fn too_many_failures(applied: &Applied, request_id: &str) -> HttpAnswer {
-    let message = "too many failed client authentications from this address";
-    let mut answer = json(
-        429,
-        &serde_json::json!({
-            "error": "temporarily_unavailable",
-            "error_description": message,
-            "code": "rate_limit/exceeded",
-            "message": message,
-            "status": 429,
-            "requestId": request_id,
-            "rule": &*applied.rule,
-        }),
+    let refused = GatewayError::RateLimited(Box::new(applied.clone()));
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&crate::error::envelope(&refused, request_id, TOKEN_PATH))
+            .unwrap_or_default();
+    body.insert("error".into(), "temporarily_unavailable".into());
+    body.insert(
+        "error_description".into(),
+        "too many failed client authentications from this address".into(),
     );
+    let mut answer = json(429, &serde_json::Value::Object(body));
     token_proxy::enforce_no_store(&mut answer);
     answer.headers.extend([
         (
@@ -369,7 +369,7 @@ impl ProxyHttp for AuthDomain {
         }
         let is_get = session.req_header().method == http::Method::GET;
         let answer = match (path.as_str(), &self.tokens) {
-            ("/oauth2/token", Some(tokens)) => self.token(tokens, session, ctx).await?,
+            (TOKEN_PATH, Some(tokens)) => self.token(tokens, session, ctx).await?,
             ("/.well-known/jwks.json", _) if is_get => self.jwks().await,
             ("/.well-known/openid-configuration", _) if is_get => self.discovery().await,
             // Upstream mode: everything else is the IdP's (pingora proxies it).

@@ -339,16 +339,20 @@ async fn failed_client_authentications_are_limited_per_address() {
     }
     for auth in [&wrong, &right] {
         let a = post_form(&c, &url, Some(auth), form).await;
+        // The gateway's envelope, plus RFC 6749's fields for OAuth clients.
         a.assert_status(429);
         let body = a.json().unwrap_or_else(|| panic!("JSON: {a}"));
-        assert_eq!(body["error"], "temporarily_unavailable", "{a}");
         assert_eq!(body["code"], "rate_limit/exceeded", "{a}");
-        assert_eq!(body["rule"], "token_failures", "{a}");
         assert_eq!(body["status"], 429, "{a}");
-        assert!(
-            body["requestId"].as_str().is_some_and(|r| !r.is_empty()),
-            "{a}"
-        );
+        assert_eq!(body["path"], "/oauth2/token", "{a}");
+        assert_eq!(body["rule"], "token_failures", "{a}");
+        for key in ["requestId", "timestamp", "message"] {
+            assert!(
+                body[key].as_str().is_some_and(|v| !v.is_empty()),
+                "{key}: {a}"
+            );
+        }
+        assert_eq!(body["error"], "temporarily_unavailable", "{a}");
         let retry: u64 = a
             .header("retry-after")
             .and_then(|v| v.parse().ok())
