@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use aho_corasick::AhoCorasick;
-use regex::bytes::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 
 use super::Rule;
 use super::literals;
@@ -60,11 +60,11 @@ static SQL: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\bcreate\s+(table|database|user|function|procedure|view|index|trigger)\b|\b(drop|truncate|alter)\s+(table|database|user|view)\b",
         r"\bwaitfor\s+(delay|time)\b",
         r"\bexec(ute)?\s*(\(\s*@|@|master\.|xp_\w+|sp_\w+)",
-        r"\bgroup\s+by\s+[\w.,\s]{1,60}\bhaving\s+(count|sum|avg|min|max)\s*\(",
+        r"\bgroup\s+by\s+(?-u:[\w.,\s]){1,60}\bhaving\s+(count|sum|avg|min|max)\s*\(",
         // JSON operators on a quoted JSON document: `'{"a":1}' -> '$.a'`, `'[1]' ? '1'`.
-        r#"['"][\[{].{0,200}[\]}]['"]\s*(->>?|#>>?|\?[|&]?|<@|@>|[<>]=?)\s*(['"]|array\s*\[)"#,
+        r#"['"][\[{](?-u:[^\n]){0,200}[\]}]['"]\s*(->>?|#>>?|\?[|&]?|<@|@>|[<>]=?)\s*(['"]|array\s*\[)"#,
         // A quoted column alias read from a table: `1 AS "x" FROM`, `` ` AS `id` from ``.
-        r#"(\d|`)\s*as\s*[`'"][^`'"]{0,60}([`'"]\s*)?from\b|[`'"]\s*regexp\s"#,
+        r#"(\d|`)\s*as\s*[`'"](?-u:[^`'"]){0,60}([`'"]\s*)?from\b|[`'"]\s*regexp\s"#,
         r"\b(tempdb|msdb|msysaccessobjects|msysobjects|schema_name|mysql\.db)\b",
         // An e-mail address closed by a quote and a statement end or comment (login bypass).
         r#"[\w.-]+@[\w.-]+['`]\s*(;|/\*|--|#)"#,
@@ -143,8 +143,11 @@ const COMMAND_POSITION: &str =
 const SHELL_ARGUMENT: &str =
     r"\s+(-{1,2}[a-z]|[/~$\\]|\.{1,2}/|\w+=|[\w.-]*[/\\]|[\w-]+\.[a-z0-9]{1,5}(\s|$|[;&|<>]))";
 
+/// Byte-oriented (`\\s`, `\\w`, `\\b` are ASCII): the command names' alternations repeated in
+/// several patterns make Unicode automata too large for the lazy DFA, which then gives way to a
+/// slower engine (measured: 10x the WAF time of a typical request).
 static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new([
+    RegexSetBuilder::new([
         format!(r"{COMMAND_POSITION}{TOOL_COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
         format!(r"{COMMAND_POSITION}{WORD_COMMANDS}({SHELL_ARGUMENT}|\.exe\b)"),
         format!(r"(;|&&|\|\|)\s*{WORD_COMMANDS}\s*($|[;&|<>`'\x22])"),
@@ -173,6 +176,8 @@ static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
         // LDAP filter injection: `)(|`, `)(&`, `*)!(sn=*`, `)(cn>=bob`, `)|(uid=*`.
         r"\)\s*\(\s*[|&!]\s*\(|\*\s*\)\s*\(|\)\s*\(\s*\w+\s*=\s*\*|\)\s*[!&|]?\s*\(\s*([|&!]|\w+\s*[<>~]?=)".to_string(),
     ])
+    .unicode(false)
+    .build()
     .expect("valid command rules")
 });
 
