@@ -38,6 +38,8 @@ struct IdpState {
     delay_ms: AtomicU64,
     /// When non-zero, token requests fail with this status.
     fail_status: AtomicU16,
+    /// The status of an `invalid_client` answer (Cognito answers 400).
+    invalid_client_status: AtomicU16,
 }
 
 /// An OAuth2 IdP on a loopback port, on a thread and runtime of its own (so a test that
@@ -103,6 +105,7 @@ impl FakeIdp {
             jwks_calls: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
             fail_status: AtomicU16::new(0),
+            invalid_client_status: AtomicU16::new(401),
         });
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let shared = state.clone();
@@ -267,7 +270,8 @@ async fn token(state: &IdpState, headers: &http::HeaderMap, body: &[u8]) -> Resp
         || (param("client_id").as_deref() == Some(PARTNER)
             && param("client_secret").as_deref() == Some(PARTNER_SECRET));
     if !authorized {
-        return json_reply(401, n, &json!({"error": "invalid_client"}));
+        let status = state.invalid_client_status.load(Ordering::SeqCst);
+        return json_reply(status, n, &json!({"error": "invalid_client"}));
     }
     let scope = param("scope").unwrap_or_else(|| "app/read".into());
     let iat = now_secs();
@@ -573,6 +577,50 @@ async fn scopes_are_separate_and_a_wrong_secret_goes_upstream() {
     .await;
     posted.assert_status(200);
     assert_eq!(idp.token_calls(), 5);
+}
+
+/// `[rate_limit.token_failures]` in upstream mode: the IdP's `invalid_client` answers count
+/// whatever their status (Cognito's 400 here); past the limit the IdP is not asked at all.
+#[tokio::test]
+async fn the_idps_invalid_client_answers_count_as_failed_authentications() {
+    let idp = FakeIdp::start();
+    idp.state.invalid_client_status.store(400, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = workspace_root().join("policies");
+    let text = std::fs::read_to_string(upstream_example())
+        .unwrap()
+        .replace(
+            "dir = \"../../policies\"",
+            &format!("dir = {:?}", policies.display().to_string()),
+        )
+        + "\n[rate_limit.token_failures]\nlimit = 2\nwindow_seconds = 60\n";
+    let config = dir.path().join("upstream-limited.toml");
+    std::fs::write(&config, text).unwrap();
+    let gw = Serve::start(
+        &config,
+        &dir.path().join("data"),
+        &[
+            ("UPSTREAM_IDP_URL", idp.url()),
+            ("UPSTREAM_IDP_ISSUER", idp.url()),
+        ],
+    )
+    .await;
+    let url = gw.auth_url("/oauth2/token");
+    let form = "grant_type=client_credentials&scope=app%2Fread";
+    let wrong = basic(PARTNER, "wrong-secret");
+    for _ in 0..2 {
+        let a = token_request(&url, Some(&wrong), form).await;
+        a.assert_status(400);
+        assert_eq!(a.json().unwrap()["error"], "invalid_client", "{a}");
+    }
+    assert_eq!(idp.token_calls(), 2);
+    for auth in [wrong, basic(PARTNER, PARTNER_SECRET)] {
+        let a = token_request(&url, Some(&auth), form).await;
+        a.assert_status(429);
+        assert_eq!(a.json().unwrap()["rule"], "token_failures", "{a}");
+        assert_no_store(&a);
+    }
+    assert_eq!(idp.token_calls(), 2, "refused before the IdP is asked");
 }
 
 #[tokio::test]
