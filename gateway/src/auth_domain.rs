@@ -32,7 +32,7 @@ use crate::metrics;
 use crate::ratelimit::{Applied, RateLimiter};
 use crate::request_id;
 use crate::respond;
-use crate::waf::Waf;
+use crate::waf::{Reputation, Waf};
 pub use upstream::UpstreamIdpClient;
 
 /// The token endpoint.
@@ -59,6 +59,8 @@ pub struct AuthDomain {
 pub struct AuthCtx {
     request_id: String,
     client_ip: IpAddr,
+    /// The client's standing in the WAF's IP lists (allow-listed: exempt from rate limits).
+    reputation: Reputation,
 }
 
 /// Token cache events as Prometheus metrics.
@@ -270,7 +272,7 @@ impl AuthDomain {
         let limiter = self
             .limiter
             .as_deref()
-            .filter(|_| !self.waf.is_allowed(client_ip));
+            .filter(|_| ctx.reputation != Reputation::Allowed);
         if let Some(Err(applied)) = limiter.map(|l| l.check_token_failures(client_ip)) {
             tracing::info!(target: "ratelimit", client_ip = %client_ip, "token endpoint: too many failed client authentications");
             return Ok(too_many_failures(&applied, request_id));
@@ -346,6 +348,7 @@ impl ProxyHttp for AuthDomain {
         AuthCtx {
             request_id: String::new(),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            reputation: Reputation::Neutral,
         }
     }
 
@@ -360,12 +363,15 @@ impl ProxyHttp for AuthDomain {
         let path = session.req_header().uri.path().to_string();
         // The api listener's IP lists and size limits hold here too.
         ctx.client_ip = self.waf.session_client_ip(session);
-        if let Err(refused) =
-            self.waf
-                .check_client_and_size(ctx.client_ip, session.req_header(), false)
+        match self
+            .waf
+            .check_client_and_size(ctx.client_ip, session.req_header(), false)
         {
-            respond::error(session, &ctx.request_id, &path, &refused).await?;
-            return Ok(true);
+            Ok(reputation) => ctx.reputation = reputation,
+            Err(refused) => {
+                respond::error(session, &ctx.request_id, &path, &refused).await?;
+                return Ok(true);
+            }
         }
         let is_get = session.req_header().method == http::Method::GET;
         let answer = match (path.as_str(), &self.tokens) {

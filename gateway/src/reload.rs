@@ -3,8 +3,9 @@
 //! policies, the WAF's IP lists and each TLS certificate reload this way; every reload parses
 //! the new files completely first and keeps what is in force when they are wrong.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -18,6 +19,11 @@ pub trait Reload: Send + Sync + 'static {
     fn stamp(&self) -> Self::Stamp;
     /// Re-read the files (blocking work); the implementation logs and counts the outcome.
     fn reload_files(&self, trigger: &'static str);
+}
+
+/// A file's modification time, the stamp of most [`Reload`]ers (`None`: it cannot be read).
+pub fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// The background service that reloads `target` on SIGHUP and, every `watch` interval,

@@ -86,8 +86,7 @@ impl crate::reload::Reload for ReloadingCert {
     type Stamp = [Option<SystemTime>; 2];
 
     fn stamp(&self) -> Self::Stamp {
-        [&self.files.cert_file, &self.files.key_file]
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        [&self.files.cert_file, &self.files.key_file].map(|p| crate::reload::modified(p))
     }
 
     fn reload_files(&self, trigger: &'static str) {

@@ -55,16 +55,38 @@ pub fn default_config() -> PathBuf {
 /// The default config's text with its policy directory made absolute, so an edited copy can
 /// live anywhere (e.g. in a tempdir).
 pub fn relocatable_config_text() -> String {
-    let policies = workspace_root().join("policies");
-    let text = std::fs::read_to_string(default_config()).expect("read the default config");
+    relocatable_text_of(&default_config())
+}
+
+/// The text of the config file at `path` with its relative policy directory (`dir = "..."`,
+/// relative to the file) made absolute. Panics when it has none: the config changed shape.
+pub fn relocatable_text_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read a config");
+    let base = path.parent().expect("a config file's directory");
+    let mut relocated = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let relative = line
+                .strip_prefix("dir = \"")
+                .and_then(|rest| rest.split_once('"'))
+                .filter(|(dir, _)| !dir.starts_with('/'));
+            match relative {
+                Some((dir, rest)) => {
+                    relocated = true;
+                    let absolute = base.join(dir).canonicalize().expect("the policy directory");
+                    format!("dir = {:?}{rest}", absolute.display().to_string())
+                }
+                None => line.to_string(),
+            }
+        })
+        .collect();
     assert!(
-        text.contains("dir = \"../policies\""),
-        "the default config changed shape"
+        relocated,
+        "{} has no relative `dir = \"...\"`",
+        path.display()
     );
-    text.replace(
-        "dir = \"../policies\"",
-        &format!("dir = {:?}", policies.display().to_string()),
-    )
+    lines.join("\n") + "\n"
 }
 
 /// The default config's text with the per-IP rate limits (100 requests, and 100 failed token

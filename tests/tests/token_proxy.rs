@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e_tests::gateway::{Gateway, binary, default_config, free_ports, run_cli, workspace_root};
+use e2e_tests::gateway::{
+    Gateway, binary, default_config, free_ports, relocatable_config_text, relocatable_text_of,
+    run_cli, workspace_root,
+};
 use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
 use e2e_tests::{Answer, bearer, client, jwt, send};
 use http_body_util::{BodyExt, Full};
@@ -420,16 +423,21 @@ fn upstream_example() -> PathBuf {
 
 async fn upstream_gateway(idp: &FakeIdp) -> (Serve, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(
-        &upstream_example(),
-        dir.path(),
+    let serve = serve_upstream(idp, &upstream_example(), dir.path()).await;
+    (serve, dir)
+}
+
+/// `config` (an upstream-IdP config such as the example) run in front of `idp`.
+async fn serve_upstream(idp: &FakeIdp, config: &Path, data_dir: &Path) -> Serve {
+    Serve::start(
+        config,
+        data_dir,
         &[
             ("UPSTREAM_IDP_URL", idp.url()),
             ("UPSTREAM_IDP_ISSUER", idp.url()),
         ],
     )
-    .await;
-    (serve, dir)
+    .await
 }
 
 async fn token_request(url: &str, authorization: Option<&str>, form: &str) -> Answer {
@@ -586,25 +594,11 @@ async fn the_idps_invalid_client_answers_count_as_failed_authentications() {
     let idp = FakeIdp::start();
     idp.state.invalid_client_status.store(400, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let policies = workspace_root().join("policies");
-    let text = std::fs::read_to_string(upstream_example())
-        .unwrap()
-        .replace(
-            "dir = \"../../policies\"",
-            &format!("dir = {:?}", policies.display().to_string()),
-        )
+    let text = relocatable_text_of(&upstream_example())
         + "\n[rate_limit.token_failures]\nlimit = 2\nwindow_seconds = 60\n";
     let config = dir.path().join("upstream-limited.toml");
     std::fs::write(&config, text).unwrap();
-    let gw = Serve::start(
-        &config,
-        &dir.path().join("data"),
-        &[
-            ("UPSTREAM_IDP_URL", idp.url()),
-            ("UPSTREAM_IDP_ISSUER", idp.url()),
-        ],
-    )
-    .await;
+    let gw = serve_upstream(&idp, &config, &dir.path().join("data")).await;
     let url = gw.auth_url("/oauth2/token");
     let form = "grant_type=client_credentials&scope=app%2Fread";
     let wrong = basic(PARTNER, "wrong-secret");
@@ -897,13 +891,7 @@ async fn the_dynamodb_store_serves_a_restarted_gateway() {
     }
     let dir = tempfile::tempdir().unwrap();
     let table = format!("cedargate-e2e-{}-{}", std::process::id(), now_secs());
-    let policies = workspace_root().join("policies");
-    let text = std::fs::read_to_string(default_config())
-        .unwrap()
-        .replace(
-            "dir = \"../policies\"",
-            &format!("dir = {:?}", policies.display().to_string()),
-        )
+    let text = relocatable_config_text()
         .replace("store = \"memory\"", "store = \"dynamodb\"")
         .replace("store_capacity = 100000", "")
         .replace(

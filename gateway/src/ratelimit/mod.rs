@@ -149,11 +149,21 @@ impl<K: std::hash::Hash + Eq + Clone> Rule<K> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
+        self.judge(self.count(key, now_ms, owned))
+    }
+
+    /// Count a request of `key` when every window has room (keys forgotten to make room are
+    /// counted in the metrics); the verdict, not yet acted on.
+    fn count<Q>(&self, key: &Q, now_ms: u64, owned: impl FnOnce() -> K) -> Verdict
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         let (verdict, evicted) = self.table.check(key, now_ms, owned);
         if evicted > 0 {
             metrics::ratelimit_evictions(&self.name, evicted);
         }
-        self.judge(verdict)
+        verdict
     }
 
     /// Like [`Rule::check`], counting nothing: for rules that count some outcomes only.
@@ -307,10 +317,7 @@ impl RateLimiter {
     pub fn record_token_failure(&self, ip: IpAddr) {
         if let Some(rule) = &self.token_failures {
             let key = self.ip_key(ip);
-            let (_, evicted) = rule.table.check(&key, self.now_ms(), || key);
-            if evicted > 0 {
-                metrics::ratelimit_evictions(&rule.name, evicted);
-            }
+            rule.count(&key, self.now_ms(), || key);
         }
     }
 

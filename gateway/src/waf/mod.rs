@@ -232,11 +232,6 @@ impl Waf {
         )
     }
 
-    /// Whether `ip` is on the allow list (exempt from per-IP rate limits).
-    pub fn is_allowed(&self, ip: IpAddr) -> bool {
-        self.lists.load().allow.contains(ip)
-    }
-
     /// Reputation, then size limits: the cheapest refusals. `inspects_body`: the body will be
     /// inspected, so `oversize_body = "block"` refuses one larger than the inspection cap.
     pub fn check_client_and_size(
@@ -544,11 +539,8 @@ impl crate::reload::Reload for Waf {
     type Stamp = [Option<SystemTime>; 2];
 
     fn stamp(&self) -> Self::Stamp {
-        [&self.settings.ip_allow_file, &self.settings.ip_deny_file].map(|p| {
-            p.as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .and_then(|m| m.modified().ok())
-        })
+        [&self.settings.ip_allow_file, &self.settings.ip_deny_file]
+            .map(|p| p.as_deref().and_then(crate::reload::modified))
     }
 
     fn reload_files(&self, trigger: &'static str) {

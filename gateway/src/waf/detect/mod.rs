@@ -249,16 +249,7 @@ impl Scan<'_> {
             name.text()
         };
         for rule in found.iter().copied() {
-            if (self.skip)(rule, part, &name) {
-                continue;
-            }
-            let go_on = (self.on_hit)(Hit {
-                rule,
-                part,
-                name: name.to_string(),
-            });
-            if !go_on {
-                self.stopped = true;
+            if !self.report(rule, part, &name) {
                 break;
             }
         }
