@@ -150,10 +150,8 @@ pub fn log_enabled() -> bool {
 /// lines tracing formats (the access line is written this way: it is one per request). When
 /// the buffer is full the line goes straight to standard error, as in [`LogWriter`].
 pub fn log_line(line: &[u8]) {
-    if let Some(buffer) = LOG.get()
-        && !buffer.push(line)
-    {
-        let _ = std::io::stderr().write_all(line);
+    if let Some(buffer) = LOG.get() {
+        let _ = LogLine { buffer }.write_all(line);
     }
 }
 
