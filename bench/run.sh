@@ -20,12 +20,14 @@
 # RATE_DELAY_MS (mean pause per connection at fixed rate, default 10), BENCH_LOGS=1 keeps the
 # servers' logs in the work dir (they are large: one access and one audit line per request),
 # CEDARGATE_BIN runs that binary instead of building one, WORK_STEALING=false turns off
-# `[server] work_stealing` in the two gateways, GATEWAY_LD_PRELOAD is preloaded into
+# `[server] work_stealing` in the two gateways, GATEWAY_THREADS sets their `[server] threads`
+# (default 2), GATEWAY_LD_PRELOAD is preloaded into
 # the two gateways only (e.g. an allocator: /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 from
 # Debian's libjemalloc2; see bench/README.md). ONLY="backend pipeline" runs those targets alone
 # (the backend always runs; ratios to a target left out are not printed), PERF_DATA=FILE records
-# the full pipeline with `perf record` during its max-load run (PERF_CALL_GRAPH=dwarf for
-# call chains through Rust code, which has no frame pointers).
+# the full pipeline with `perf record` during its max-load run (PERF_TARGET=proxy_only records
+# that gateway instead; PERF_CALL_GRAPH=dwarf for call chains through Rust code, which has no
+# frame pointers).
 # The whole run takes about 3 minutes after the build.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -112,6 +114,7 @@ gateway_config() { # file, pipeline (true|false)
         -e 's|^mode = "embedded".*|mode = "external"\naddress = "127.0.0.1:'"$P_BACKEND"'"|' \
         -e '/^socket = "backend.sock"/d' \
         -e "s/^work_stealing = true/work_stealing = ${WORK_STEALING:-true}/" \
+        -e "s/^threads = 2 /threads = ${GATEWAY_THREADS:-2} /" \
         "$ROOT/config/cedargate.toml" >"$1"
     if [ "$2" = false ]; then printf '\n[pipeline]\nenabled = false\n' >>"$1"; fi
     grep -q '^limit = 1000000000' "$1" || { log "could not raise the IP limit in $1"; exit 1; }
@@ -254,8 +257,8 @@ declare -A RPS P50 P99 P999 CPU_US
 for t in "${TARGETS[@]}"; do
     res=$(run_wrk "$t" "$CONNECTIONS" "$WARMUP")
     PERF_PID=""
-    if [ "$t" = pipeline ] && [ -n "${PERF_DATA:-}" ]; then
-        perf record -q -F 999 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$FULL_PID" -o "$PERF_DATA" -- sleep "$DURATION" 2>/dev/null &
+    if [ "$t" = "${PERF_TARGET:-pipeline}" ] && [ -n "${PERF_DATA:-}" ]; then
+        perf record -q -F 999 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "${CPU_PID[$t]}" -o "$PERF_DATA" -- sleep "$DURATION" 2>/dev/null &
         PERF_PID=$!
     fi
     ticks=0
