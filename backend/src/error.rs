@@ -56,6 +56,10 @@ pub enum ApiError {
     /// 500 `server/internal`; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 503 `server/unavailable`: the store turned the request down for now and nothing was
+    /// changed; the detail is logged, never sent.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -95,6 +99,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Business { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -110,6 +115,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "validation/payload_too_large",
             ApiError::Business { code, .. } => code,
             ApiError::Internal(_) => "server/internal",
+            ApiError::Unavailable(_) => "server/unavailable",
         }
     }
 
@@ -117,6 +123,9 @@ impl ApiError {
     pub fn envelope(&self, request_id: &str, path: &str) -> Value {
         let message = match self {
             ApiError::Internal(_) => "internal server error".to_owned(),
+            ApiError::Unavailable(_) => {
+                "the service is busy and changed nothing; retry later".to_owned()
+            }
             other => other.to_string(),
         };
         let mut body = json!({
@@ -138,7 +147,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::Internal(format!("store: {e}"))
+        match e {
+            StoreError::Busy(_) => ApiError::Unavailable(format!("store: {e}")),
+            e => ApiError::Internal(format!("store: {e}")),
+        }
     }
 }
 

@@ -8,7 +8,12 @@
 //!    the request's fingerprint (SHA-256 of method, path, query and body). Only one of any number
 //!    of racing requests wins the claim; only that one runs the handler.
 //! 2. The winner replaces the record with its answer (status and body), kept for the TTL. A
-//!    5xx answer is not kept: the claim is released so a retry runs again.
+//!    5xx answer is kept only when the handler changed something before it failed (a write
+//!    the store accepted, or one whose outcome is unknown — a remote store that timed out may
+//!    have applied it): a retry then replays the 5xx instead of writing twice (an award whose
+//!    ledger transaction committed before reading the new balance failed must not be credited
+//!    again). A 5xx before any write (or after writes the store refused or turned down as
+//!    busy) releases the claim, so a retry runs again. [`Watched`] tells the two apart.
 //! 3. Any other request with the key reads the record: another fingerprint is 422
 //!    `business/idempotency_key_reused`; a stored answer is replayed (with
 //!    `Idempotent-Replayed: true`); a pending one is waited for up to [`WAIT`], then 409
@@ -17,15 +22,18 @@
 //! A pending claim expires after [`PENDING_LEASE`], so a process that died mid-request blocks
 //! its key only that long.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, clip};
 use crate::handlers::Ctx;
-use crate::store::{EXPIRES_AT, Store, now_secs};
+use crate::store::{EXPIRES_AT, Page, Store, StoreError, WriteOp, now_secs};
 
 /// The request header.
 pub const HEADER: &str = "x-idempotency-key";
@@ -77,9 +85,10 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Run `execute` at most once for `key` (see the module doc).
+/// Run `execute` at most once for `key` (see the module doc). `execute` gets `store` watched:
+/// it must do every write through that one.
 pub async fn run<F, Fut>(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     cx: &Ctx,
     method: &str,
     path_and_query: &str,
@@ -88,7 +97,7 @@ pub async fn run<F, Fut>(
     execute: F,
 ) -> Result<Outcome, ApiError>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = Answer>,
 {
     let id = sha256_hex(&[
@@ -136,9 +145,10 @@ where
         }
     }
 
-    let (status, body) = execute().await;
-    if status.is_server_error() {
-        // Nothing durable is known to have happened: let a retry run again.
+    let watched = Arc::new(Watched::new(Arc::clone(store)));
+    let (status, body) = execute(Arc::clone(&watched) as Arc<dyn Store>).await;
+    if status.is_server_error() && !watched.wrote() {
+        // Nothing durable happened: let a retry run again.
         if let Err(e) = store.delete(&cx.ws, COLLECTION, &id).await {
             tracing::warn!(error = %e, "releasing an idempotency key failed");
         }
@@ -161,6 +171,133 @@ where
         answer: (status, body),
         replayed: false,
     })
+}
+
+/// A store that remembers whether a write may have changed anything: one the store reports
+/// as applied, or one that failed in a way that leaves it unknown. Writes refused by their
+/// condition (an insert on a taken key, an update of a missing document, a transaction whose
+/// condition failed), requests the store rejects as invalid and requests it turns down as busy
+/// changed nothing.
+pub struct Watched {
+    inner: Arc<dyn Store>,
+    wrote: AtomicBool,
+}
+
+impl Watched {
+    /// Watch the writes made through `inner`.
+    pub fn new(inner: Arc<dyn Store>) -> Watched {
+        Watched {
+            inner,
+            wrote: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a write through this store may have changed anything.
+    pub fn wrote(&self) -> bool {
+        self.wrote.load(Ordering::Relaxed)
+    }
+
+    /// Pass a write's result on, noting whether it may have changed anything.
+    fn note<T>(
+        &self,
+        result: Result<T, StoreError>,
+        applied: impl FnOnce(&T) -> bool,
+    ) -> Result<T, StoreError> {
+        let changed = match &result {
+            Ok(v) => applied(v),
+            Err(StoreError::Invalid(_) | StoreError::Busy(_)) => false,
+            Err(_) => true,
+        };
+        if changed {
+            self.wrote.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Watched {
+    async fn get(&self, ws: &str, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        self.inner.get(ws, collection, id).await
+    }
+
+    async fn put(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        doc: Value,
+    ) -> Result<(), StoreError> {
+        let result = self.inner.put(ws, collection, id, doc).await;
+        self.note(result, |()| true)
+    }
+
+    async fn insert(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        doc: Value,
+    ) -> Result<bool, StoreError> {
+        let result = self.inner.insert(ws, collection, id, doc).await;
+        self.note(result, |inserted| *inserted)
+    }
+
+    async fn merge(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        patch: Map<String, Value>,
+    ) -> Result<Option<Value>, StoreError> {
+        let result = self.inner.merge(ws, collection, id, patch).await;
+        self.note(result, Option::is_some)
+    }
+
+    async fn add_to_field(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+        floor: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let result = self
+            .inner
+            .add_to_field(ws, collection, id, field, delta, floor)
+            .await;
+        self.note(result, Option::is_some)
+    }
+
+    async fn delete(&self, ws: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
+        let result = self.inner.delete(ws, collection, id).await;
+        self.note(result, |deleted| *deleted)
+    }
+
+    async fn list(&self, ws: &str, collection: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        self.inner.list(ws, collection).await
+    }
+
+    async fn delete_workspace(&self, ws: &str) -> Result<usize, StoreError> {
+        let result = self.inner.delete_workspace(ws).await;
+        self.note(result, |n| *n > 0)
+    }
+
+    async fn list_page(
+        &self,
+        ws: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.inner.list_page(ws, collection, after, limit).await
+    }
+
+    async fn transact(&self, ws: &str, ops: Vec<WriteOp>) -> Result<bool, StoreError> {
+        let result = self.inner.transact(ws, ops).await;
+        self.note(result, |applied| *applied)
+    }
 }
 
 fn stored_answer(record: &Value) -> Option<Answer> {

@@ -200,8 +200,14 @@ pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<B
     let request_id = request_id(req.headers());
     let path = req.uri().path().to_owned();
     let render = |err: ApiError| -> Answer {
-        if let ApiError::Internal(detail) = &err {
-            tracing::error!(request_id = %request_id, path = %path, %detail, "backend error");
+        match &err {
+            ApiError::Internal(detail) => {
+                tracing::error!(request_id = %request_id, path = %path, %detail, "backend error");
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(request_id = %request_id, path = %path, %detail, "store busy");
+            }
+            _ => {}
         }
         (err.status(), Some(err.envelope(&request_id, &path)))
     };
@@ -210,7 +216,9 @@ pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<B
     let (status, body) = match prepare(app, req).await {
         Err(err) => render(err),
         Ok(Prepared::Health) => (StatusCode::OK, Some(json!({"status": "ok"}))),
-        Ok(Prepared::Call { cx, key: None, .. }) => run(app, &cx).await.unwrap_or_else(render),
+        Ok(Prepared::Call { cx, key: None, .. }) => {
+            run(app.store.as_ref(), &cx).await.unwrap_or_else(render)
+        }
         Ok(Prepared::Call {
             cx,
             key: Some(key),
@@ -218,13 +226,16 @@ pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<B
             path_and_query,
         }) => {
             let outcome = idempotency::run(
-                app.store.as_ref(),
+                &app.store,
                 &cx,
                 &method,
                 &path_and_query,
                 &key,
                 app.idempotency_ttl,
-                || async { run(app, &cx).await.unwrap_or_else(render) },
+                |store| {
+                    let cx = &cx;
+                    async move { run(store.as_ref(), cx).await.unwrap_or_else(render) }
+                },
             )
             .await;
             idempotency_key = Some(key);
@@ -263,8 +274,8 @@ pub(crate) async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<B
     resp
 }
 
-async fn run(app: &App, cx: &Ctx) -> Result<Answer, ApiError> {
-    routes::dispatch(app.store.as_ref(), cx)
+async fn run(store: &dyn Store, cx: &Ctx) -> Result<Answer, ApiError> {
+    routes::dispatch(store, cx)
         .await
         .map(|Reply { status, body }| (status, body))
 }

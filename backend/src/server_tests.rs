@@ -1,7 +1,11 @@
 //! Handler tests: a real server on a loopback port, real HTTP/1.1.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use serde_json::{Value, json};
 
+use crate::store::{Store, StoreError, WriteOp};
 use crate::testing::{Answer, assertion, m2m, sign, start};
 
 const APP: &str = "/app/v1/workspaces/ws-demo";
@@ -424,4 +428,156 @@ async fn deleting_the_workspace_drops_everything() {
     }
     let a = s.call("GET", &format!("{APP}/points"), as_is, None).await;
     assert_eq!(a.json["balance"], 0);
+}
+
+/// What [`Flaky`] fails while the test says so.
+#[derive(Default)]
+struct Faults {
+    reads_of: std::sync::Mutex<Option<&'static str>>,
+    transactions: std::sync::atomic::AtomicBool,
+}
+
+/// A store that fails reads of one collection, or every transaction, as [`Faults`] says.
+struct Flaky {
+    inner: Arc<dyn Store>,
+    faults: Arc<Faults>,
+}
+
+fn unavailable() -> StoreError {
+    StoreError::Unavailable("injected".into())
+}
+
+fn busy() -> StoreError {
+    StoreError::Busy("injected".into())
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn get(&self, ws: &str, collection: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        if *self.faults.reads_of.lock().unwrap() == Some(collection) {
+            return Err(unavailable());
+        }
+        self.inner.get(ws, collection, id).await
+    }
+    async fn put(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        doc: Value,
+    ) -> Result<(), StoreError> {
+        self.inner.put(ws, collection, id, doc).await
+    }
+    async fn insert(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        doc: Value,
+    ) -> Result<bool, StoreError> {
+        self.inner.insert(ws, collection, id, doc).await
+    }
+    async fn merge(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        patch: serde_json::Map<String, Value>,
+    ) -> Result<Option<Value>, StoreError> {
+        self.inner.merge(ws, collection, id, patch).await
+    }
+    async fn add_to_field(
+        &self,
+        ws: &str,
+        collection: &str,
+        id: &str,
+        field: &str,
+        delta: i64,
+        floor: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.inner
+            .add_to_field(ws, collection, id, field, delta, floor)
+            .await
+    }
+    async fn delete(&self, ws: &str, collection: &str, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete(ws, collection, id).await
+    }
+    async fn list(&self, ws: &str, collection: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        self.inner.list(ws, collection).await
+    }
+    async fn delete_workspace(&self, ws: &str) -> Result<usize, StoreError> {
+        self.inner.delete_workspace(ws).await
+    }
+    async fn transact(&self, ws: &str, ops: Vec<WriteOp>) -> Result<bool, StoreError> {
+        if self.faults.transactions.load(Ordering::Relaxed) {
+            return Err(busy());
+        }
+        self.inner.transact(ws, ops).await
+    }
+}
+
+/// An M2M award of 7 points to u-viewer with idempotency `key`.
+async fn award_with_key(s: &crate::testing::TestServer, key: &str) -> Answer {
+    let path = format!("{APP}/points");
+    let mut a = assertion("POST", &path, "ws-demo");
+    m2m(&mut a);
+    let body = json!({"userId": "u-viewer", "points": 7, "reason": "retried"});
+    s.raw(
+        "POST",
+        &path,
+        Some(&sign(&a)),
+        body.to_string().into_bytes(),
+        &[("x-idempotency-key", key)],
+    )
+    .await
+}
+
+/// u-viewer's balance.
+async fn viewer_balance(s: &crate::testing::TestServer) -> i64 {
+    let path = format!("{APP}/points");
+    let mut a = assertion("GET", &path, "ws-demo");
+    a.sub = "u-viewer".into();
+    a.user_id = Some("u-viewer".into());
+    let answer = s.raw("GET", &path, Some(&sign(&a)), Vec::new(), &[]).await;
+    answer.json["balance"].as_i64().unwrap()
+}
+
+/// An award retried with the same idempotency key after a 5xx is credited exactly once:
+/// when the failure came after its transaction committed, the retry replays the 5xx; when the
+/// store turned the transaction down, nothing was written and the retry runs.
+#[tokio::test]
+async fn an_award_retried_after_a_5xx_is_credited_once() {
+    let faults = Arc::new(Faults::default());
+    let shared = Arc::clone(&faults);
+    let s = crate::testing::start_with(move |inner| {
+        Arc::new(Flaky {
+            inner,
+            faults: shared,
+        })
+    })
+    .await;
+    let before = viewer_balance(&s).await;
+
+    // The ledger transaction commits; reading the new balance back fails.
+    *faults.reads_of.lock().unwrap() = Some(crate::store::BALANCES);
+    let first = award_with_key(&s, "after-commit").await;
+    assert_eq!(first.status, 500, "{first:?}");
+    *faults.reads_of.lock().unwrap() = None;
+    let retry = award_with_key(&s, "after-commit").await;
+    assert_eq!(retry.status, 500, "{retry:?}");
+    assert_eq!(retry.headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(retry.json, first.json, "the first answer, replayed");
+    assert_eq!(viewer_balance(&s).await, before + 7, "credited once");
+
+    // The store turns the transaction down: nothing was written, so the retry runs.
+    faults.transactions.store(true, Ordering::Relaxed);
+    let first = award_with_key(&s, "turned-down").await;
+    assert_eq!(first.status, 503, "{first:?}");
+    assert_eq!(first.code(), "server/unavailable");
+    assert_eq!(viewer_balance(&s).await, before + 7);
+    faults.transactions.store(false, Ordering::Relaxed);
+    let retry = award_with_key(&s, "turned-down").await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(retry.headers.get("idempotent-replayed").is_none());
+    assert_eq!(viewer_balance(&s).await, before + 14);
 }

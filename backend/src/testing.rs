@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::assertion::{ASSERTION_AUDIENCE, ASSERTION_HEADER, ASSERTION_ISSUER, Assertion};
 use crate::server::{App, serve};
-use crate::store::EmbeddedStore;
+use crate::store::{EmbeddedStore, Store};
 
 /// The shared secret of the tests.
 pub const KEY: &[u8] = b"test-assertion-key-0123456789abcdef";
@@ -93,9 +93,14 @@ impl Answer {
 
 /// Start a server on 127.0.0.1:0.
 pub async fn start() -> TestServer {
+    start_with(|store| store).await
+}
+
+/// Start a server on 127.0.0.1:0 whose store is `wrap` of the seeded embedded store.
+pub async fn start_with(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("backend"), crate::seed::demo).unwrap();
-    let app = Arc::new(App::new(Arc::new(store), KEY));
+    let app = Arc::new(App::new(wrap(Arc::new(store)), KEY));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, app));

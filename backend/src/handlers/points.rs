@@ -1,8 +1,8 @@
 //! Points: balances, the ledger, mission completions and the leaderboards computed from them.
 //!
-//! A balance changes only through `Store::add_to_field` with a floor of 0, so two concurrent
-//! debits can never take it below zero. A completion is claimed with a conditional insert
-//! before its points are credited; if crediting fails the claim is released again.
+//! A balance changes only through an `Add` with a floor of 0, so two concurrent debits can never
+//! take it below zero. The balance, the ledger entry, the activity (and for a mission, the
+//! conditional insert of its completion) are one transaction: all or none.
 
 use std::collections::BTreeMap;
 

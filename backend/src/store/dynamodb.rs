@@ -29,7 +29,8 @@
 //! still expired) and the write runs again.
 //!
 //! Transaction conflicts (a write racing a transaction on the same item) are retried with
-//! jittered backoff a few times, then reported as [`StoreError::Unavailable`]. Retries after
+//! jittered backoff a few times, then reported as [`StoreError::Busy`] (as are throttling and
+//! cancelled transactions: nothing was applied). Retries after
 //! transport errors are the SDK client's (its retry and timeout config is the caller's):
 //! TransactWriteItems carries an idempotency token the SDK fills in, so a retried transaction
 //! applies once; a retried `ADD` whose first attempt landed unseen applies twice, so amounts
@@ -476,9 +477,11 @@ impl Store for DynamoDbStore {
                 )));
             }
             if !conflict {
+                // A cancelled transaction applied none of its writes.
+                let cancelled = e.code() == Some("TransactionCanceledException");
                 return Err(match classify("transact", e) {
-                    Failure::Store(e) => e,
-                    _ => StoreError::Unavailable(format!(
+                    Failure::Store(e) if !cancelled => e,
+                    _ => StoreError::Busy(format!(
                         "dynamodb transact: cancelled ({})",
                         codes.join(", ")
                     )),
@@ -486,7 +489,7 @@ impl Store for DynamoDbStore {
             }
             backoff(n).await;
         }
-        Err(StoreError::Unavailable(
+        Err(StoreError::Busy(
             "dynamodb transact: transaction conflicts persisted".into(),
         ))
     }

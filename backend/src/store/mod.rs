@@ -98,8 +98,13 @@ pub enum StoreError {
     #[error("{0} is in use by another process")]
     Locked(String),
     /// The remote store did not answer or failed (no credentials or secrets in the message).
+    /// A write that fails so may or may not have been applied.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store turned the request down for now (throttled, or transaction conflicts that
+    /// outlasted the retries): nothing was applied, and a retry later may succeed.
+    #[error("store busy: {0}")]
+    Busy(String),
     /// The request cannot be stored as asked (a batch too large or touching one key twice, a
     /// key or document the remote store refuses).
     #[error("invalid store request: {0}")]

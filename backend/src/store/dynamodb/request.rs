@@ -37,6 +37,14 @@ where
             "dynamodb {op}: {}",
             e.message().unwrap_or("request refused")
         ))),
+        Some(
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded",
+        ) => Failure::Store(StoreError::Busy(format!(
+            "dynamodb {op}: {}",
+            e.code().unwrap_or("throttled")
+        ))),
         _ => Failure::Store(unavailable(op, e)),
     }
 }
@@ -68,7 +76,7 @@ where
         match request().await.map_err(|e| classify(op, e)) {
             Err(Failure::Conflict) if n + 1 < ATTEMPTS => backoff(n).await,
             Err(Failure::Conflict) => {
-                return Err(Failure::Store(StoreError::Unavailable(format!(
+                return Err(Failure::Store(StoreError::Busy(format!(
                     "dynamodb {op}: transaction conflicts persisted"
                 ))));
             }
