@@ -30,15 +30,20 @@ pub fn days_ago(days: i64) -> String {
 /// When the current calendar `period` began, in UTC: `weekly` on Monday 00:00, `monthly` on
 /// the 1st at 00:00; `None` for `all-time`.
 pub fn period_start(period: &str) -> Option<String> {
+    period_start_with_ms(period).map(|(stamp, _)| stamp)
+}
+
+/// [`period_start`] and the same instant in Unix milliseconds.
+pub fn period_start_with_ms(period: &str) -> Option<(String, u64)> {
     let now = OffsetDateTime::now_utc();
     let midnight = now.replace_time(time::Time::MIDNIGHT);
-    match period {
-        "weekly" => Some(format(
-            midnight - Duration::days(i64::from(now.weekday().number_days_from_monday())),
-        )),
-        "monthly" => midnight.replace_day(1).ok().map(format),
-        _ => None,
-    }
+    let start = match period {
+        "weekly" => midnight - Duration::days(i64::from(now.weekday().number_days_from_monday())),
+        "monthly" => midnight.replace_day(1).ok()?,
+        _ => return None,
+    };
+    let ms = u64::try_from(start.unix_timestamp()).unwrap_or(0) * 1000;
+    Some((format(start), ms))
 }
 
 /// Seconds since the Unix epoch.

@@ -12,6 +12,13 @@ use crate::store::{
 /// The seeded workspace.
 pub const DEMO_WS: &str = "ws-demo";
 
+/// A seeded ledger entry's key: a log key made now (after the entries' `createdAt`, as every
+/// log key is), so readers that stop at a period's first key see the seed like any entry.
+fn seed_log_key(n: usize) -> String {
+    let prefix = crate::store::log_key_prefix(crate::store::now_ms());
+    format!("{prefix}-seed-{n:02}")
+}
+
 /// Every document of the demo workspace.
 pub fn demo() -> Vec<Document> {
     let now = crate::clock::now();
@@ -199,7 +206,7 @@ pub fn demo() -> Vec<Document> {
         let balance = balance_of(&balances, user);
         add(
             LEDGER,
-            &format!("ledger-seed-{ledger}"),
+            &seed_log_key(ledger),
             json!({"userId": user, "points": points, "reason": format!("mission {mission}"),
                    "missionId": mission, "balance": balance}),
         );
@@ -213,7 +220,7 @@ pub fn demo() -> Vec<Document> {
         let balance = balance_of(&balances, user);
         add(
             LEDGER,
-            &format!("ledger-seed-{ledger}"),
+            &seed_log_key(ledger),
             json!({"userId": user, "points": points, "reason": reason, "balance": balance}),
         );
     }

@@ -430,14 +430,16 @@ async fn deleting_the_workspace_drops_everything() {
     assert_eq!(a.json["balance"], 0);
 }
 
-/// What [`Flaky`] fails while the test says so.
+/// What [`Flaky`] fails while the test says so, and how many documents it listed.
 #[derive(Default)]
 struct Faults {
     reads_of: std::sync::Mutex<Option<&'static str>>,
     transactions: std::sync::atomic::AtomicBool,
+    listed: std::sync::atomic::AtomicUsize,
 }
 
-/// A store that fails reads of one collection, or every transaction, as [`Faults`] says.
+/// A store that fails reads of one collection, or every transaction, as [`Faults`] says, and
+/// counts the documents its listings return.
 struct Flaky {
     inner: Arc<dyn Store>,
     faults: Arc<Faults>,
@@ -503,7 +505,22 @@ impl Store for Flaky {
         self.inner.delete(ws, collection, id).await
     }
     async fn list(&self, ws: &str, collection: &str) -> Result<Vec<(String, Value)>, StoreError> {
-        self.inner.list(ws, collection).await
+        let all = self.inner.list(ws, collection).await?;
+        self.faults.listed.fetch_add(all.len(), Ordering::Relaxed);
+        Ok(all)
+    }
+    async fn list_page(
+        &self,
+        ws: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::Page, StoreError> {
+        let page = self.inner.list_page(ws, collection, after, limit).await?;
+        self.faults
+            .listed
+            .fetch_add(page.items.len(), Ordering::Relaxed);
+        Ok(page)
     }
     async fn delete_workspace(&self, ws: &str) -> Result<usize, StoreError> {
         self.inner.delete_workspace(ws).await
@@ -514,6 +531,24 @@ impl Store for Flaky {
         }
         self.inner.transact(ws, ops).await
     }
+}
+
+/// A server over [`Flaky`] of the seeded store: its faults, and the seeded store itself.
+async fn flaky_server() -> (crate::testing::TestServer, Arc<Faults>, Arc<dyn Store>) {
+    let faults = Arc::new(Faults::default());
+    let shared = Arc::clone(&faults);
+    let seeded = Arc::new(std::sync::Mutex::new(None));
+    let kept = Arc::clone(&seeded);
+    let s = crate::testing::start_with(move |inner| {
+        *kept.lock().unwrap() = Some(Arc::clone(&inner));
+        Arc::new(Flaky {
+            inner,
+            faults: shared,
+        })
+    })
+    .await;
+    let inner = seeded.lock().unwrap().take().unwrap();
+    (s, faults, inner)
 }
 
 /// An M2M award of 7 points to u-viewer with idempotency `key`.
@@ -547,15 +582,7 @@ async fn viewer_balance(s: &crate::testing::TestServer) -> i64 {
 /// store turned the transaction down, nothing was written and the retry runs.
 #[tokio::test]
 async fn an_award_retried_after_a_5xx_is_credited_once() {
-    let faults = Arc::new(Faults::default());
-    let shared = Arc::clone(&faults);
-    let s = crate::testing::start_with(move |inner| {
-        Arc::new(Flaky {
-            inner,
-            faults: shared,
-        })
-    })
-    .await;
+    let (s, faults, _) = flaky_server().await;
     let before = viewer_balance(&s).await;
 
     // The ledger transaction commits; reading the new balance back fails.
@@ -580,4 +607,102 @@ async fn an_award_retried_after_a_5xx_is_credited_once() {
     assert_eq!(retry.status, 201, "{retry:?}");
     assert!(retry.headers.get("idempotent-replayed").is_none());
     assert_eq!(viewer_balance(&s).await, before + 14);
+}
+
+/// The ledger and the activities grow without bound: their pages, a user's recent ledger and
+/// the weekly leaderboard read only the entries they need, not the whole log, and give the
+/// same answers as before (newest first, pages without gaps, the period's entries only).
+#[tokio::test]
+async fn log_readers_stop_where_their_answer_ends() {
+    let (s, faults, inner) = flaky_server().await;
+    // A long history: 2,000 entries of u-old from last year, under keys of their time.
+    let year_ago_ms = crate::store::now_ms() - 365 * 24 * 3600 * 1000;
+    for i in 0..2000u64 {
+        let key = format!(
+            "{}-old{i:04}",
+            crate::store::log_key_prefix(year_ago_ms + i)
+        );
+        let doc = json!({"id": key, "userId": "u-old", "points": 1000, "reason": "old",
+                         "createdAt": "2025-01-01T00:00:00.000Z"});
+        assert!(
+            inner
+                .insert("ws-demo", crate::store::LEDGER, &key, doc)
+                .await
+                .unwrap()
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            award_with_key(&s, &crate::store::log_key()).await.status,
+            201
+        );
+    }
+    let listed = |faults: &Faults| faults.listed.swap(0, Ordering::Relaxed);
+    listed(&faults);
+
+    // The dashboard's ledger: a page of 5, then the next, newest first, without gaps.
+    let path = format!("{DASH}/points/ledger");
+    let first = s.call("GET", &format!("{path}?limit=5"), admin, None).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let items = first.json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert!(
+        items[..3].iter().all(|e| e["reason"] == "retried"),
+        "{items:?}"
+    );
+    let read = listed(&faults);
+    assert!(
+        read <= crate::store::SCAN_CHUNK,
+        "read {read} entries for a page of 5"
+    );
+    let token = first.json["nextToken"].as_str().unwrap();
+    let second = s
+        .call(
+            "GET",
+            &format!("{path}?limit=5&nextToken={token}"),
+            admin,
+            None,
+        )
+        .await;
+    let next = second.json["items"].as_array().unwrap();
+    assert_eq!(next.len(), 5);
+    assert!(next[0]["id"].as_str() > items[4]["id"].as_str());
+    listed(&faults);
+
+    // u-viewer's own ledger: the 3 awards first, and not every old entry read to find them
+    // (the seed's two u-viewer entries lie behind the old ones).
+    let viewer = |a: &mut crate::Assertion| {
+        a.sub = "u-viewer".into();
+        a.user_id = Some("u-viewer".into());
+    };
+    let mine = s.call("GET", &format!("{APP}/points"), viewer, None).await;
+    let ledger = mine.json["ledger"].as_array().unwrap();
+    assert!(
+        ledger[..3].iter().all(|e| e["reason"] == "retried"),
+        "{ledger:?}"
+    );
+    assert!(ledger.iter().all(|e| e["userId"] == "u-viewer"));
+    listed(&faults);
+
+    // The weekly leaderboard ranks this week's awards only, reading up to the week's start.
+    let weekly = s
+        .call(
+            "GET",
+            &format!("{APP}/leaderboards/leaderboard-weekly"),
+            as_is,
+            None,
+        )
+        .await;
+    assert_eq!(weekly.status, 200, "{weekly:?}");
+    let entries = weekly.json["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().all(|e| e["userId"] != "u-old"),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["userId"] == "u-viewer"),
+        "{entries:?}"
+    );
+    let read = listed(&faults);
+    assert!(read < 1000, "read {read} documents for the weekly board");
 }

@@ -646,14 +646,11 @@ pub async fn activities(store: &dyn Store, cx: &Ctx, own: bool) -> Result<Reply,
         cx.query.get("userId")
     };
     let kind = cx.query.get("type");
-    let items = store
-        .list(&cx.ws, store::ACTIVITIES)
-        .await?
-        .into_iter()
-        .filter(|(_, a)| user.is_none_or(|u| str_of(a, "userId") == Some(u)))
-        .filter(|(_, a)| kind.is_none_or(|k| str_of(a, "type") == Some(k)))
-        .collect();
-    Reply::ok(super::paginate(items, &page))
+    let keep = |a: &Value| {
+        user.is_none_or(|u| str_of(a, "userId") == Some(u))
+            && kind.is_none_or(|k| str_of(a, "type") == Some(k))
+    };
+    Reply::ok(super::page_of(store, &cx.ws, store::ACTIVITIES, &page, keep).await?)
 }
 
 /// `GET missions/{missionId}` for end users: the mission with the caller's `participation`

@@ -8,12 +8,15 @@ pub mod points;
 pub mod users;
 pub mod validate;
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::assertion::Assertion;
 use crate::error::{ApiError, clip};
+use crate::store::{self, Store};
 
 /// Which API a path is under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +225,45 @@ pub fn paginate(items: Vec<(String, Value)>, p: &PageParams) -> Value {
         _ => Value::Null,
     };
     json!({"items": page, "nextToken": next})
+}
+
+/// One page of a collection, as [`paginate`] would cut it from the items `keep` accepts, but
+/// read from the store in chunks and only as far as the page needs (one item beyond it, to
+/// know whether there is a next page): for logs that grow without bound, such as the ledger
+/// and the activities, where loading the whole collection per request would not scale.
+pub async fn page_of(
+    store: &dyn Store,
+    ws: &str,
+    collection: &str,
+    p: &PageParams,
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Value, ApiError> {
+    let mut skip = p.offset;
+    let mut page = Vec::with_capacity(p.limit.min(16));
+    let mut last = None;
+    let mut more = false;
+    store::scan(store, ws, collection, p.after.clone(), |id, doc| {
+        if !keep(doc) {
+            return ControlFlow::Continue(());
+        }
+        if skip > 0 {
+            skip -= 1;
+            return ControlFlow::Continue(());
+        }
+        if page.len() == p.limit {
+            more = true;
+            return ControlFlow::Break(());
+        }
+        page.push(doc.clone());
+        last = Some(id.to_owned());
+        ControlFlow::Continue(())
+    })
+    .await?;
+    let next = match (more, last) {
+        (true, Some(last)) => Value::String(encode_token(&last)),
+        _ => Value::Null,
+    };
+    Ok(json!({"items": page, "nextToken": next}))
 }
 
 fn encode_token(key: &str) -> String {

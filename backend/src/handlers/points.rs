@@ -5,13 +5,14 @@
 //! conditional insert of its completion) are one transaction: all or none.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use serde_json::{Value, json};
 
 use super::content::{fetch, level_for, threshold};
 use super::gamify::{self, Actor};
 use super::validate::{self, Mode, PERIODS};
-use super::{Ctx, PageParams, Reply, body_object, paginate, str_of};
+use super::{Ctx, PageParams, Reply, body_object, page_of, paginate, str_of};
 use crate::error::ApiError;
 use crate::store::{self, Store};
 
@@ -29,23 +30,19 @@ pub async fn standing(store: &dyn Store, ws: &str, user: &str) -> Result<(i64, V
 pub async fn mine(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
     let user = cx.caller.user_id();
     let (balance, level) = standing(store, &cx.ws, user).await?;
-    let mut ledger: Vec<Value> = store
-        .list(&cx.ws, store::LEDGER)
-        .await?
-        .into_iter()
-        .map(|(_, doc)| doc)
-        .filter(|doc| str_of(doc, "userId") == Some(user))
-        .collect();
-    ledger.sort_by(|a, b| {
-        let key = |d: &Value| {
-            (
-                str_of(d, "createdAt").map(str::to_owned),
-                str_of(d, "id").map(str::to_owned),
-            )
-        };
-        key(b).cmp(&key(a))
-    });
-    ledger.truncate(LEDGER_SHOWN);
+    // Ledger keys sort newest first: read only as far as the newest entries of this user.
+    let mut ledger: Vec<Value> = Vec::new();
+    store::scan(store, &cx.ws, store::LEDGER, None, |_, doc| {
+        if str_of(doc, "userId") == Some(user) {
+            ledger.push(doc.clone());
+        }
+        if ledger.len() == LEDGER_SHOWN {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .await?;
     Reply::ok(json!({"userId": user, "balance": balance, "level": level, "ledger": ledger}))
 }
 
@@ -154,13 +151,12 @@ async fn ledger_write(
 pub async fn ledger(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
     let page = PageParams::from_query(&cx.query)?;
     let user = cx.query.get("userId");
-    let items = store
-        .list(&cx.ws, store::LEDGER)
-        .await?
-        .into_iter()
-        .filter(|(_, e)| user.is_none_or(|u| str_of(e, "userId") == Some(u)))
-        .collect();
-    Reply::ok(paginate(items, &page))
+    Reply::ok(
+        page_of(store, &cx.ws, store::LEDGER, &page, |e| {
+            user.is_none_or(|u| str_of(e, "userId") == Some(u))
+        })
+        .await?,
+    )
 }
 
 fn period_param(cx: &Ctx) -> Result<Option<&str>, ApiError> {
@@ -276,16 +272,27 @@ async fn standings(
     group: Option<&str>,
 ) -> Result<Vec<(String, Value)>, ApiError> {
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-    if let Some(since) = crate::clock::period_start(period) {
-        for (_, e) in store.list(ws, store::LEDGER).await? {
-            if str_of(&e, "createdAt").is_some_and(|t| t >= since.as_str())
-                && let Some(user) = str_of(&e, "userId")
+    if let Some((since, since_ms)) = crate::clock::period_start_with_ms(period) {
+        // Ledger keys sort newest first and are made after their entry's `createdAt`: the
+        // period's entries all come before the first key of an earlier millisecond.
+        let boundary = store::log_key_prefix(since_ms);
+        store::scan(store, ws, store::LEDGER, None, |key, e| {
+            if key
+                .get(..boundary.len())
+                .is_some_and(|k| k > boundary.as_str())
+            {
+                return ControlFlow::Break(());
+            }
+            if str_of(e, "createdAt").is_some_and(|t| t >= since.as_str())
+                && let Some(user) = str_of(e, "userId")
             {
                 let points = e.get("points").and_then(Value::as_i64).unwrap_or(0);
                 let total = totals.entry(user.to_owned()).or_default();
                 *total = total.saturating_add(points);
             }
-        }
+            ControlFlow::Continue(())
+        })
+        .await?;
     } else {
         for (user, b) in store.list(ws, store::BALANCES).await? {
             totals.insert(user, b.get("balance").and_then(Value::as_i64).unwrap_or(0));

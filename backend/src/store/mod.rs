@@ -69,15 +69,52 @@ pub const LEARNING_PATHS: &str = "learning-paths";
 /// A key that sorts newer entries first (inverted milliseconds, then a random suffix), for
 /// logs listed newest first by plain key order.
 pub fn log_key() -> String {
-    let ms = std::time::SystemTime::now()
+    format!("{}-{}", log_key_prefix(now_ms()), nanoid::nanoid!(10))
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!(
-        "{:013}-{}",
-        9_999_999_999_999u64.saturating_sub(ms),
-        nanoid::nanoid!(10)
-    )
+        .unwrap_or(0)
+}
+
+/// How many documents [`scan`] reads per store request.
+pub const SCAN_CHUNK: usize = 200;
+
+/// Visit the live documents of `collection` with keys after `after` (all when `None`), in key
+/// order, until `visit` says stop: read from the store [`SCAN_CHUNK`] at a time (one query
+/// each in DynamoDB), so a reader that stops early never loads the whole collection.
+pub async fn scan(
+    store: &dyn Store,
+    ws: &str,
+    collection: &str,
+    after: Option<String>,
+    mut visit: impl FnMut(&str, &Value) -> std::ops::ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let mut after = after;
+    loop {
+        let page = store
+            .list_page(ws, collection, after.as_deref(), SCAN_CHUNK)
+            .await?;
+        for (id, doc) in &page.items {
+            if visit(id, doc).is_break() {
+                return Ok(());
+            }
+        }
+        match page.items.last() {
+            Some((last, _)) if page.more => after = Some(last.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The key prefix of [`log_key`]s made at Unix millisecond `ms`: log keys at or after `ms` sort
+/// at or before it (a key is made after its entry's `createdAt`, so no entry created before `ms`
+/// has such a key).
+pub fn log_key_prefix(ms: u64) -> String {
+    format!("{:013}", 9_999_999_999_999u64.saturating_sub(ms))
 }
 
 /// The completion key of `user` on `mission`; length-prefixed so no two pairs collide.
