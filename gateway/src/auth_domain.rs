@@ -32,7 +32,7 @@ use crate::metrics;
 use crate::ratelimit::{Applied, RateLimiter};
 use crate::request_id;
 use crate::respond;
-use crate::waf::{Reputation, Waf};
+use crate::waf::{Reputation, SampleContext, Waf};
 pub use upstream::UpstreamIdpClient;
 
 /// The token endpoint.
@@ -361,12 +361,25 @@ impl ProxyHttp for AuthDomain {
                 .map(|v| v.as_bytes()),
         );
         let path = session.req_header().uri.path().to_string();
-        // The api listener's IP lists and size limits hold here too.
+        // The api listener's IP lists, size limits and attack detection hold here too; on the
+        // request head only: a token request's body carries client secrets, random strings that
+        // detection rules could mistake for attacks, and the endpoint parses it strictly.
         ctx.client_ip = self.waf.session_client_ip(session);
-        match self
+        let req = session.req_header();
+        let sample = SampleContext {
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip,
+            method: req.method.as_str(),
+            path: &path,
+        };
+        let checked = self
             .waf
-            .check_client_and_size(ctx.client_ip, session.req_header(), false)
-        {
+            .check_client_and_size(ctx.client_ip, req, false)
+            .and_then(|reputation| {
+                self.waf.inspect(req, None, &[], false, &sample)?;
+                Ok(reputation)
+            });
+        match checked {
             Ok(reputation) => ctx.reputation = reputation,
             Err(refused) => {
                 respond::error(session, &ctx.request_id, &path, &refused).await?;

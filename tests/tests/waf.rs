@@ -385,6 +385,45 @@ async fn count_mode_and_route_exclusions() {
     );
 }
 
+/// The auth listener: attacks in the request head are refused before the token endpoint or
+/// the discovery documents run; token request bodies (client secrets) are not inspected.
+#[tokio::test]
+async fn the_auth_listener_refuses_attacks_in_the_request_head() {
+    let gw = Gateway::shared(&GW);
+    let c = client();
+    let form = |query: &str| {
+        c.post(gw.auth_url(&format!("/oauth2/token{query}")))
+            .header("authorization", e2e_tests::http::demo_basic())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=app/read")
+    };
+    let a = answer_of(
+        "token request with a traversal in its query".into(),
+        form("?x=..%2F..%2F..%2Fetc%2Fpasswd").send().await.unwrap(),
+    )
+    .await;
+    assert_blocked(&a, "path-traversal", "etc/passwd");
+    let xss_agent = [header("user-agent", "<img src=x onerror=alert(1)>")];
+    for (path, headers, rule, payload) in [
+        ("/.well-known/jwks.json", &xss_agent[..], "xss", "onerror"),
+        (
+            "/.well-known/openid-configuration?q=1%27%20OR%20%271%27%3D%271",
+            &[],
+            "sqli",
+            "OR '1'='1",
+        ),
+    ] {
+        let a = send(&c, "GET", &gw.auth_url(path), headers, None).await;
+        assert_blocked(&a, rule, payload);
+    }
+    // The same requests without the attack are answered.
+    let a = answer_of("token request".into(), form("").send().await.unwrap()).await;
+    a.assert_status(200);
+    send(&c, "GET", &gw.auth_url("/.well-known/jwks.json"), &[], None)
+        .await
+        .assert_status(200);
+}
+
 #[tokio::test]
 async fn ip_lists_block_reload_and_trusted_proxies_name_the_client() {
     let dir = tempfile::tempdir().unwrap();

@@ -114,7 +114,8 @@ static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
         r"(^|[/\\])\.\.+[/\\]",
         r"[/\\]\.\.+([/\\]|$)",
-        r"(^|[/\\:])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+",
+        // A system directory opening a path — not a URL's path segment (`example.com/dev/setup`).
+        r"(^|(^|[^\w.-])[/\\]|:)(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+",
         r"/etc/(passwd|shadow|hosts|group|issue|sudoers|crontab|motd|fstab)\b",
         r"/proc/(self|\d+)/(environ|cmdline|fd|maps|status|mem)",
         r"\b(c|d):\\\\?(boot\.ini|inetpub|windows\\\\(win\.ini|system\.ini|repair))",
@@ -171,7 +172,7 @@ static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
         format!(r"\$\(\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b"),
         format!(r"(^|[^`])`\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b[^`\n]*`([^`]|$)"),
         r"\$\{ifs\}|\$ifs\b|\{[a-z]+,[^}]*\}".to_string(),
-        r"/(usr/)?(s?bin)/\w+".to_string(),
+        r"(^|[^\w.-])/(usr/)?(s?bin)/\w+".to_string(),
         r"\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;".to_string(),
         r"\b(nc|ncat|netcat)\s+(-\w+\s+)*[\w.]+\s+\d+".to_string(),
         r"\b(bash|sh)\s+-[ic]\b|>\s*&\s*/dev/(tcp|udp)/|/dev/(tcp|udp)/|\$\w+/(tcp|udp)/\d".to_string(),
@@ -227,10 +228,13 @@ pub fn compile_all() {
     }
 }
 
-/// A path segment naming a file an API never serves: dotfiles and dot-directories, backups,
-/// logs, dumps, keys, archives.
-/// `scratch` is reused for the folded segment.
+/// A path segment naming a file an API never serves: dotfiles and dot-directories (but
+/// `.well-known`, RFC 8615's home of the discovery documents), backups, logs, dumps, keys,
+/// archives. `scratch` is reused for the folded segment.
 pub fn restricted_file(segment: &[u8], scratch: &mut Vec<u8>) -> bool {
+    if segment.eq_ignore_ascii_case(b".well-known") {
+        return false;
+    }
     fold_into(segment, scratch);
     RESTRICTED.is_match(scratch)
 }
@@ -383,6 +387,10 @@ mod tests {
             ("javascript:alert(document.cookie)", Rule::JavascriptUrl),
             ("../../../etc/passwd", Rule::PathTraversal),
             ("..\\..\\windows\\win.ini", Rule::PathTraversal),
+            ("/var/www/html/index.php", Rule::PathTraversal),
+            ("file=/home/app/.ssh/config", Rule::PathTraversal),
+            ("....//dev/shm/x", Rule::PathTraversal),
+            ("x;/bin/sh", Rule::CommandInjection),
             ("1;cat /etc/shadow", Rule::CommandInjection),
             ("$(whoami)", Rule::CommandInjection),
             ("`id`", Rule::CommandInjection),
@@ -483,6 +491,37 @@ mod tests {
     }
 
     #[test]
+    fn restricted_files_are_recognised_but_not_well_known() {
+        let mut scratch = Vec::new();
+        for segment in [
+            ".env",
+            ".git",
+            "backup.sql",
+            "db.sqlite3",
+            "site.tar.gz",
+            "id.pem",
+            "a~",
+        ] {
+            assert!(
+                restricted_file(segment.as_bytes(), &mut scratch),
+                "{segment}"
+            );
+        }
+        for segment in [
+            ".well-known",
+            ".Well-Known",
+            "jwks.json",
+            "missions",
+            "report.pdf",
+        ] {
+            assert!(
+                !restricted_file(segment.as_bytes(), &mut scratch),
+                "{segment}"
+            );
+        }
+    }
+
+    #[test]
     fn ordinary_text_passes() {
         for v in [
             "O'Brien",
@@ -495,6 +534,8 @@ mod tests {
             "2026-11-24T10:00:00Z",
             "jane.doe@example.com",
             "https://app.example.com/missions?tab=active&sort=-points",
+            "Follow https://docs.example.com/dev/setup, then https://wiki.example.com/home/start",
+            "https://downloads.example.com/bin/cedar-cli and https://mirror.example.org/usr/share/doc",
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
             "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
             "I'll select the best option from the list and drop the rest.",
