@@ -706,3 +706,66 @@ async fn log_readers_stop_where_their_answer_ends() {
     let read = listed(&faults);
     assert!(read < 1000, "read {read} documents for the weekly board");
 }
+
+/// Per-user reads (`me`: completions and badges; the badge rules of an award) read the user's
+/// key range, and a page of users reads the page, not every user's documents.
+#[tokio::test]
+async fn per_user_reads_and_pages_read_key_ranges() {
+    let (s, faults, inner) = flaky_server().await;
+    for i in 0..1500 {
+        let user = format!("u-bulk-{i:04}");
+        let doc = json!({"userId": user, "missionId": "mission-welcome", "pointsAwarded": 50});
+        let key = crate::store::completion_id(&user, "mission-welcome");
+        assert!(
+            inner
+                .insert("ws-demo", crate::store::COMPLETIONS, &key, doc)
+                .await
+                .unwrap()
+        );
+        let badge = json!({"userId": user, "badgeId": "badge-starter", "name": "Starter"});
+        let key = crate::store::completion_id(&user, "badge-starter");
+        assert!(
+            inner
+                .insert("ws-demo", crate::store::USER_BADGES, &key, badge)
+                .await
+                .unwrap()
+        );
+        let person = json!({"name": user, "role": "Member"});
+        assert!(
+            inner
+                .insert("ws-demo", crate::store::USERS, &user, person)
+                .await
+                .unwrap()
+        );
+    }
+    faults.listed.swap(0, Ordering::Relaxed);
+
+    let me = s.call("GET", &format!("{APP}/me"), as_is, None).await;
+    assert_eq!(me.status, 200, "{me:?}");
+    assert!(
+        me.json["completedMissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("mission-welcome")),
+        "{me:?}"
+    );
+    assert_eq!(me.json["badges"][0]["badgeId"], "badge-starter", "{me:?}");
+    let read = faults.listed.swap(0, Ordering::Relaxed);
+    assert!(read < 100, "read {read} documents for one user's `me`");
+
+    let award = award_with_key(&s, "badge-rules").await;
+    assert_eq!(award.status, 201, "{award:?}");
+    let read = faults.listed.swap(0, Ordering::Relaxed);
+    assert!(read < 200, "read {read} documents for one award");
+
+    let page = s
+        .call("GET", &format!("{DASH}/users?limit=5"), admin, None)
+        .await;
+    assert_eq!(page.json["items"].as_array().unwrap().len(), 5, "{page:?}");
+    assert!(page.json["nextToken"].is_string());
+    let read = faults.listed.swap(0, Ordering::Relaxed);
+    assert!(
+        read <= crate::store::SCAN_CHUNK,
+        "read {read} users for a page of 5"
+    );
+}

@@ -27,8 +27,7 @@ pub fn noun(collection: &str) -> &'static str {
 /// A page of a collection.
 pub async fn list(store: &dyn Store, cx: &Ctx, collection: &str) -> Result<Reply, ApiError> {
     let page = PageParams::from_query(&cx.query)?;
-    let items = store.list(&cx.ws, collection).await?;
-    Reply::ok(paginate(items, &page))
+    Reply::ok(super::page_of(store, &cx.ws, collection, &page, |_| true).await?)
 }
 
 /// One document, or 404.

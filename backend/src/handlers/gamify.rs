@@ -326,23 +326,14 @@ pub async fn grant_badge(
 }
 
 async fn completed_count(store: &dyn Store, ws: &str, user: &str) -> Result<i64, ApiError> {
-    Ok(store
-        .list(ws, store::COMPLETIONS)
+    Ok(store::of_user(store, ws, store::COMPLETIONS, user)
         .await?
-        .iter()
-        .filter(|(_, c)| str_of(c, "userId") == Some(user))
-        .count() as i64)
+        .len() as i64)
 }
 
 /// The badges `user` holds, oldest first.
 pub async fn badges_of(store: &dyn Store, ws: &str, user: &str) -> Result<Vec<Value>, ApiError> {
-    let mut out: Vec<Value> = store
-        .list(ws, store::USER_BADGES)
-        .await?
-        .into_iter()
-        .map(|(_, b)| b)
-        .filter(|b| str_of(b, "userId") == Some(user))
-        .collect();
+    let mut out = store::of_user(store, ws, store::USER_BADGES, user).await?;
     out.sort_by(|a, b| str_of(a, "awardedAt").cmp(&str_of(b, "awardedAt")));
     Ok(out)
 }

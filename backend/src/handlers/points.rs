@@ -61,12 +61,10 @@ pub async fn me(store: &dyn Store, cx: &Ctx) -> Result<Reply, ApiError> {
                    "pointsNeeded": threshold(&d) - balance})
         });
     let badges = gamify::badges_of(store, &cx.ws, user).await?;
-    let completed: Vec<Value> = store
-        .list(&cx.ws, store::COMPLETIONS)
+    let completed: Vec<Value> = store::of_user(store, &cx.ws, store::COMPLETIONS, user)
         .await?
         .into_iter()
-        .filter(|(_, c)| str_of(c, "userId") == Some(user))
-        .map(|(_, c)| c.get("missionId").cloned().unwrap_or(Value::Null))
+        .map(|c| c.get("missionId").cloned().unwrap_or(Value::Null))
         .collect();
     Reply::ok(json!({
         "userId": user, "workspaceId": cx.ws, "balance": balance, "level": level,

@@ -119,7 +119,34 @@ pub fn log_key_prefix(ms: u64) -> String {
 
 /// The completion key of `user` on `mission`; length-prefixed so no two pairs collide.
 pub fn completion_id(user: &str, mission: &str) -> String {
-    format!("{}:{user}:{mission}", user.len())
+    format!("{}{mission}", user_prefix(user))
+}
+
+/// What every [`completion_id`] of `user` starts with, and no other user's does.
+pub fn user_prefix(user: &str) -> String {
+    format!("{}:{user}:", user.len())
+}
+
+/// The documents of `collection` keyed by [`completion_id`] of `user` (completions, badges,
+/// levels reached, participations), read by key range instead of the whole collection.
+pub async fn of_user(
+    store: &dyn Store,
+    ws: &str,
+    collection: &str,
+    user: &str,
+) -> Result<Vec<Value>, StoreError> {
+    let prefix = user_prefix(user);
+    let mut out = Vec::new();
+    // Every key with the prefix sorts after the prefix itself, and they are contiguous.
+    scan(store, ws, collection, Some(prefix.clone()), |id, doc| {
+        if !id.starts_with(&prefix) {
+            return std::ops::ControlFlow::Break(());
+        }
+        out.push(doc.clone());
+        std::ops::ControlFlow::Continue(())
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Why a store operation failed.
