@@ -659,11 +659,6 @@ pub async fn mission_for_user(store: &dyn Store, cx: &Ctx, id: &str) -> Result<R
 pub async fn participants(store: &dyn Store, cx: &Ctx, id: &str) -> Result<Reply, ApiError> {
     let page = super::PageParams::from_query(&cx.query)?;
     fetch(store, cx, store::MISSIONS, id).await?;
-    let items = store
-        .list(&cx.ws, store::PARTICIPATIONS)
-        .await?
-        .into_iter()
-        .filter(|(_, p)| str_of(p, "missionId") == Some(id))
-        .collect();
-    Reply::ok(super::paginate(items, &page))
+    let of_mission = |p: &Value| str_of(p, "missionId") == Some(id);
+    Reply::ok(super::page_of(store, &cx.ws, store::PARTICIPATIONS, &page, of_mission).await?)
 }

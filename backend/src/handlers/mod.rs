@@ -362,6 +362,35 @@ mod tests {
         assert_eq!(next["items"], json!([8, 9, 10]));
     }
 
+    /// `page_of` over a store cuts exactly the pages `paginate` cuts from the whole list, with
+    /// or without a filter, across chunk boundaries.
+    #[tokio::test]
+    async fn page_of_cuts_the_pages_paginate_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::EmbeddedStore::open(dir.path(), Vec::new).unwrap();
+        let n = crate::store::SCAN_CHUNK * 2 + 7;
+        for (k, v) in items(n) {
+            assert!(store.insert("ws", "c", &k, v).await.unwrap());
+        }
+        let even = |v: &Value| v.as_u64().is_some_and(|i| i % 2 == 0);
+        let evens: Vec<(String, Value)> = items(n).into_iter().filter(|(_, v)| even(v)).collect();
+        let token = |i: usize| encode_token(&format!("k{i:03}"));
+        for q in [
+            "limit=7".to_owned(),
+            "limit=100&offset=150".to_owned(),
+            "limit=3&offset=404".to_owned(),
+            format!("limit=100&nextToken={}", token(190)),
+            format!("limit=5&nextToken={}", token(n - 3)),
+            format!("limit=5&nextToken={}", token(n - 1)),
+        ] {
+            let p = params(&q).unwrap();
+            let all = page_of(&store, "ws", "c", &p, |_| true).await.unwrap();
+            assert_eq!(all, paginate(items(n), &p), "{q}");
+            let filtered = page_of(&store, "ws", "c", &p, even).await.unwrap();
+            assert_eq!(filtered, paginate(evens.clone(), &p), "{q} (even only)");
+        }
+    }
+
     #[test]
     fn bad_page_parameters_are_400() {
         for q in [
