@@ -114,8 +114,10 @@ static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
         r"(^|[/\\])\.\.+[/\\]",
         r"[/\\]\.\.+([/\\]|$)",
-        // A system directory opening a path — not a URL's path segment (`example.com/dev/setup`).
-        r"(^|(^|[^\w.-])[/\\]|:)(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+",
+        // A system directory opening a path — not a URL's path segment (`example.com/dev/setup`)
+        // nor one mid-sentence ("install it in /usr/local/bin"), but after one word and its
+        // options at the value's start (`gunzip -c /var/log/x`).
+        r"(^|(^|[^\w\s.-])[/\\]|:|^['\x22]?[\w.-]+(\s+-{1,2}[\w-]+)*\s+[/\\])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+",
         r"/etc/(passwd|shadow|hosts|group|issue|sudoers|crontab|motd|fstab)\b",
         r"/proc/(self|\d+)/(environ|cmdline|fd|maps|status|mem)",
         r"\b(c|d):\\\\?(boot\.ini|inetpub|windows\\\\(win\.ini|system\.ini|repair))",
@@ -536,6 +538,7 @@ mod tests {
             "https://app.example.com/missions?tab=active&sort=-points",
             "Follow https://docs.example.com/dev/setup, then https://wiki.example.com/home/start",
             "https://downloads.example.com/bin/cedar-cli and https://mirror.example.org/usr/share/doc",
+            "Install it in /usr/local/bin, then read the logs under /var/log/app.",
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
             "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
             "I'll select the best option from the list and drop the rest.",
