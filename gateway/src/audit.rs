@@ -247,7 +247,8 @@ fn access_line(ctx: &RequestCtx, status: u16, decision: &'static str) {
             message: "request",
             request_id: &ctx.request_id,
             method: &ctx.method,
-            route: ctx.route.as_deref().unwrap_or(""),
+            // As in the metrics' route label.
+            route: ctx.route.as_deref().unwrap_or("unmatched"),
             client_ip: Shown(ctx.client_ip),
             principal: mask_email(identity.map_or("", |i| i.principal_id.as_str())),
             impersonated: mask_email(ctx.impersonated.as_deref().unwrap_or("")),

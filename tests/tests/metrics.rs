@@ -72,6 +72,25 @@ async fn request_decision_stage_and_cache_metrics_move() {
     }
 }
 
+/// The access line of request `rid` (waiting up to 5 s for the log writer).
+fn access_line(gw: &Gateway, rid: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let logs = gw.logs();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains(rid) && l.contains("\"target\":\"access\""))
+        {
+            return line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line for {rid}:\n{logs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A member's allowed request, with the request id `rid`.
 async fn list_missions(gw: &Gateway, token: &str, rid: &str) {
     send(
@@ -98,21 +117,7 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
     let token = gw.mint(&claims, None);
     let rid = "access-line-test-1";
     list_missions(&gw, &token, rid).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let line = loop {
-        let logs = gw.logs();
-        if let Some(line) = logs
-            .lines()
-            .find(|l| l.contains(rid) && l.contains("\"target\":\"access\""))
-        {
-            break line.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access line for {rid}:\n{logs}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let line = access_line(&gw, rid);
     let v: serde_json::Value = serde_json::from_str(&line).expect("the access line is JSON");
     assert_eq!(v["target"], "access", "{line}");
     let f = &v["fields"];
@@ -128,6 +133,23 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
     }
     assert_eq!(f["principal"], "j***@example.com", "{line}");
     assert!(!line.contains(&token), "the token leaked into {line}");
+    // A path no route matches is `unmatched`, as in the metrics' route label.
+    send(
+        &client(),
+        "GET",
+        &gw.api_url("/app/v1/workspaces/ws-demo/no-such-thing"),
+        &[
+            bearer(&token),
+            ("x-request-id".into(), "access-line-test-2".into()),
+        ],
+        None,
+    )
+    .await
+    .assert_status(404);
+    let line = access_line(&gw, "access-line-test-2");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("the access line is JSON");
+    assert_eq!(v["fields"]["route"], "unmatched", "{line}");
+    assert_eq!(v["fields"]["status"], 404, "{line}");
     assert!(
         !gw.logs().contains(&token),
         "the token leaked into the logs"
