@@ -434,6 +434,7 @@ async fn deleting_the_workspace_drops_everything() {
 #[derive(Default)]
 struct Faults {
     reads_of: std::sync::Mutex<Option<&'static str>>,
+    inserts_into: std::sync::Mutex<Option<&'static str>>,
     transactions: std::sync::atomic::AtomicBool,
     listed: std::sync::atomic::AtomicUsize,
 }
@@ -477,6 +478,9 @@ impl Store for Flaky {
         id: &str,
         doc: Value,
     ) -> Result<bool, StoreError> {
+        if *self.faults.inserts_into.lock().unwrap() == Some(collection) {
+            return Err(unavailable());
+        }
         self.inner.insert(ws, collection, id, doc).await
     }
     async fn merge(
@@ -577,21 +581,23 @@ async fn viewer_balance(s: &crate::testing::TestServer) -> i64 {
     answer.json["balance"].as_i64().unwrap()
 }
 
-/// An award retried with the same idempotency key after a 5xx is credited exactly once:
-/// when the failure came after its transaction committed, the retry replays the 5xx; when the
-/// store turned the transaction down, nothing was written and the retry runs.
+/// An award is credited exactly once, whatever fails around it: when reading its consequences
+/// fails after its transaction committed, it is still a 201 (balance unknown), replayed to a
+/// retry; when the store turned the transaction down, nothing was written and the retry runs.
 #[tokio::test]
-async fn an_award_retried_after_a_5xx_is_credited_once() {
+async fn an_award_retried_after_a_failure_is_credited_once() {
     let (s, faults, _) = flaky_server().await;
     let before = viewer_balance(&s).await;
 
     // The ledger transaction commits; reading the new balance back fails.
     *faults.reads_of.lock().unwrap() = Some(crate::store::BALANCES);
     let first = award_with_key(&s, "after-commit").await;
-    assert_eq!(first.status, 500, "{first:?}");
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.json["points"], 7, "{first:?}");
+    assert!(first.json["balance"].is_null(), "{first:?}");
     *faults.reads_of.lock().unwrap() = None;
     let retry = award_with_key(&s, "after-commit").await;
-    assert_eq!(retry.status, 500, "{retry:?}");
+    assert_eq!(retry.status, 201, "{retry:?}");
     assert_eq!(retry.headers.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(retry.json, first.json, "the first answer, replayed");
     assert_eq!(viewer_balance(&s).await, before + 7, "credited once");
@@ -607,6 +613,68 @@ async fn an_award_retried_after_a_5xx_is_credited_once() {
     assert_eq!(retry.status, 201, "{retry:?}");
     assert!(retry.headers.get("idempotent-replayed").is_none());
     assert_eq!(viewer_balance(&s).await, before + 14);
+}
+
+/// A write that fails with a 5xx after an earlier write of the same request committed keeps its
+/// idempotency key: the retry replays the 5xx instead of counting the progress again. Without a
+/// write before the failure the key is freed and the retry runs.
+#[tokio::test]
+async fn a_5xx_after_a_write_is_replayed_and_one_before_any_write_runs_again() {
+    let (s, faults, _) = flaky_server().await;
+    let path = format!("{APP}/missions/mission-streak/activities");
+    let record = |key: &'static str| {
+        let mut a = assertion("POST", &path, "ws-demo");
+        a.sub = "u-viewer".into();
+        a.user_id = Some("u-viewer".into());
+        let body = json!({"count": 1}).to_string().into_bytes();
+        let s = &s;
+        let path = path.clone();
+        async move {
+            s.raw(
+                "POST",
+                &path,
+                Some(&sign(&a)),
+                body,
+                &[("x-idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let progress = || async {
+        let path = format!("{APP}/missions/mission-streak");
+        let mut a = assertion("GET", &path, "ws-demo");
+        a.sub = "u-viewer".into();
+        a.user_id = Some("u-viewer".into());
+        let answer = s.raw("GET", &path, Some(&sign(&a)), Vec::new(), &[]).await;
+        answer.json["participation"]["progress"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    // Joined (the join logs an activity of its own), one activity recorded.
+    assert_eq!(record("joins").await.status, 201);
+    let before = progress().await;
+    assert_eq!(before, 1);
+
+    // The progress is counted; logging the activity fails.
+    *faults.inserts_into.lock().unwrap() = Some(crate::store::ACTIVITIES);
+    let first = record("after-a-write").await;
+    assert_eq!(first.status, 500, "{first:?}");
+    *faults.inserts_into.lock().unwrap() = None;
+    let retry = record("after-a-write").await;
+    assert_eq!(retry.status, 500, "{retry:?}");
+    assert_eq!(retry.headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(retry.json, first.json, "the first answer, replayed");
+    assert_eq!(progress().await, before + 1, "counted once");
+
+    // Nothing written before the failure: reading the mission fails, the retry runs.
+    *faults.reads_of.lock().unwrap() = Some(crate::store::MISSIONS);
+    let first = record("before-any-write").await;
+    assert_eq!(first.status, 500, "{first:?}");
+    *faults.reads_of.lock().unwrap() = None;
+    let retry = record("before-any-write").await;
+    assert_eq!(retry.status, 201, "{retry:?}");
+    assert!(retry.headers.get("idempotent-replayed").is_none());
+    assert_eq!(progress().await, before + 2);
 }
 
 /// The ledger and the activities grow without bound: their pages, a user's recent ledger and

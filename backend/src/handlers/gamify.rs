@@ -102,8 +102,9 @@ pub struct Award<'a> {
 pub struct Awarded {
     /// The ledger entry.
     pub entry: Value,
-    /// The balance read after the award (it includes awards that committed concurrently).
-    pub balance: i64,
+    /// The balance read after the award (it includes awards that committed concurrently);
+    /// `None` when it could not be read (the award itself committed).
+    pub balance: Option<i64>,
     /// The level for that balance.
     pub level: Value,
     /// Levels reached for the first time.
@@ -184,12 +185,22 @@ pub async fn award(
             Refused::Balance
         }));
     }
-    let balance = balance_of(store, ws, user).await?;
+    // The award is committed. What follows reads and records its consequences; a failure there
+    // must not make the award look failed (a client would send it again, perhaps under a new
+    // idempotency key): it is logged and the answer leaves out what could not be learnt. Levels
+    // reached and balance badges are caught up by the user's next award.
+    let (balance, level, levels_reached, badges_awarded) =
+        match consequences(store, ws, actor, completed_mission).await {
+            Ok((balance, level, levels, badges)) => (Some(balance), level, levels, badges),
+            Err(e) => {
+                tracing::warn!(workspace = %ws, user = %user, error = %e,
+                    "award committed; its balance, level and badges were not evaluated");
+                (None, Value::Null, Vec::new(), Vec::new())
+            }
+        };
     if let Some(map) = entry.as_object_mut() {
         map.insert("balance".into(), Value::from(balance));
     }
-    let (level, levels_reached) = levels_after(store, ws, actor, balance).await?;
-    let badges_awarded = badges_after(store, ws, actor, balance, completed_mission).await?;
     Ok(Ok(Awarded {
         entry,
         balance,
@@ -197,6 +208,19 @@ pub async fn award(
         levels_reached,
         badges_awarded,
     }))
+}
+
+/// After an award: the balance, its level, the levels reached and the badges awarded.
+async fn consequences(
+    store: &dyn Store,
+    ws: &str,
+    actor: &Actor,
+    completed_mission: Option<&str>,
+) -> Result<(i64, Value, Vec<Value>, Vec<Value>), ApiError> {
+    let balance = balance_of(store, ws, &actor.user).await?;
+    let (level, levels_reached) = levels_after(store, ws, actor, balance).await?;
+    let badges = badges_after(store, ws, actor, balance, completed_mission).await?;
+    Ok((balance, level, levels_reached, badges))
 }
 
 /// `user`'s balance (0 when none).
@@ -558,15 +582,32 @@ async fn complete_for(
         Ok(a) => a,
         Err(_) => return Err(already_completed(mission_id)),
     };
+    // The participation shows the outcome; a direct completion never joined. The completion
+    // is committed: a failure here is logged, not answered (the completion is the record).
+    let completed_at = record.get("completedAt").cloned().unwrap_or(Value::Null);
+    if let Err(e) = show_completed(store, &cx.ws, actor, mission, mission_id, completed_at).await {
+        tracing::warn!(workspace = %cx.ws, user = %actor.user, mission = %mission_id, error = %e,
+            "mission completed; its participation was not updated");
+    }
+    awarded.extend(&mut record);
+    Ok(record)
+}
+
+/// Mark `actor`'s participation in `mission` completed, creating it for a direct completion.
+async fn show_completed(
+    store: &dyn Store,
+    ws: &str,
+    actor: &Actor,
+    mission: &Value,
+    mission_id: &str,
+    completed_at: Value,
+) -> Result<(), ApiError> {
+    let key = completion_id(&actor.user, mission_id);
     let mut status = Map::new();
     status.insert("status".into(), Value::from("completed"));
-    status.insert(
-        "completedAt".into(),
-        record.get("completedAt").cloned().unwrap_or(Value::Null),
-    );
-    // The participation shows the outcome; a direct completion never joined.
+    status.insert("completedAt".into(), completed_at);
     if store
-        .merge(&cx.ws, store::PARTICIPATIONS, &key, status.clone())
+        .merge(ws, store::PARTICIPATIONS, &key, status.clone())
         .await?
         .is_none()
     {
@@ -576,11 +617,10 @@ async fn complete_for(
         doc.insert("progress".into(), Value::from(target_count(mission)));
         doc.insert("targetCount".into(), Value::from(target_count(mission)));
         store
-            .put(&cx.ws, store::PARTICIPATIONS, &key, Value::Object(doc))
+            .put(ws, store::PARTICIPATIONS, &key, Value::Object(doc))
             .await?;
     }
-    awarded.extend(&mut record);
-    Ok(record)
+    Ok(())
 }
 
 /// A badge's rule must name what its trigger needs: `missionId` for `mission_completed`,
