@@ -615,6 +615,29 @@ async fn an_award_retried_after_a_failure_is_credited_once() {
     assert_eq!(viewer_balance(&s).await, before + 14);
 }
 
+/// A completion whose badge could not be worked out (the store failed after the completion
+/// committed) still answers 201, and the user's next award gives the missed badge.
+#[tokio::test]
+async fn a_badge_missed_after_a_completion_comes_with_the_next_award() {
+    let (s, faults, _) = flaky_server().await;
+    let path = format!("{APP}/missions/mission-welcome/complete");
+    let mut a = assertion("POST", &path, "ws-demo");
+    a.sub = "u-viewer".into();
+    a.user_id = Some("u-viewer".into());
+    *faults.reads_of.lock().unwrap() = Some(crate::store::BALANCES);
+    let done = s.raw("POST", &path, Some(&sign(&a)), Vec::new(), &[]).await;
+    *faults.reads_of.lock().unwrap() = None;
+    assert_eq!(done.status, 201, "{done:?}");
+    assert_eq!(done.json["badgesAwarded"], json!([]), "{done:?}");
+    let award = award_with_key(&s, "next-award").await;
+    assert_eq!(award.status, 201, "{award:?}");
+    let badges = award.json["badgesAwarded"].as_array().unwrap();
+    assert!(
+        badges.iter().any(|b| b["badgeId"] == "badge-starter"),
+        "{award:?}"
+    );
+}
+
 /// A write that fails with a 5xx after an earlier write of the same request committed keeps its
 /// idempotency key: the retry replays the 5xx instead of counting the progress again. Without a
 /// write before the failure the key is freed and the retry runs.

@@ -285,9 +285,16 @@ async fn badges_after(
     let mut awarded = Vec::new();
     for (id, badge) in store.list(ws, store::BADGES).await? {
         let holds = match str_of(&badge, "trigger").unwrap_or("manual") {
-            "mission_completed" => {
-                completed_mission.is_some() && str_of(&badge, "missionId") == completed_mission
-            }
+            // The mission just completed, or completed before (a badge missed then, or created
+            // since, is given at the next award, as level and point badges are).
+            "mission_completed" => match str_of(&badge, "missionId") {
+                Some(m) if completed_mission == Some(m) => true,
+                Some(m) => store
+                    .get(ws, store::COMPLETIONS, &completion_id(user, m))
+                    .await?
+                    .is_some(),
+                None => false,
+            },
             "missions_completed" => {
                 let Some(n) = badge.get("threshold").and_then(Value::as_i64) else {
                     continue;
