@@ -188,7 +188,7 @@ pub async fn award(
     // The award is committed. What follows reads and records its consequences; a failure there
     // must not make the award look failed (a client would send it again, perhaps under a new
     // idempotency key): it is logged and the answer leaves out what could not be learnt. Levels
-    // reached and balance badges are caught up by the user's next award.
+    // and badges whose rules hold are caught up by the user's next award.
     let (balance, level, levels_reached, badges_awarded) =
         match consequences(store, ws, actor, completed_mission).await {
             Ok((balance, level, levels, badges)) => (Some(balance), level, levels, badges),
