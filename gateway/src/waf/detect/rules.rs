@@ -174,7 +174,9 @@ static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
         format!(r"\$\(\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b"),
         format!(r"(^|[^`])`\s*({TOOL_COMMANDS}|{WORD_COMMANDS})\b[^`\n]*`([^`]|$)"),
         r"\$\{ifs\}|\$ifs\b|\{[a-z]+,[^}]*\}".to_string(),
-        r"(^|[^\w.-])/(usr/)?(s?bin)/\w+".to_string(),
+        // `/bin/sh` run by a shell: at the value's start, after an operator, a quote or `=`, or
+        // after one word and its options — not in a sentence ("run /bin/sh to get a shell").
+        r#"(^\s*|[;&|`(=<>'\x22$]\s*|^['\x22]?[\w.-]+(\s+-{1,2}[\w-]+)*\s+)/(usr/)?(s?bin)/\w+"#.to_string(),
         r"\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;".to_string(),
         r"\b(nc|ncat|netcat)\s+(-\w+\s+)*[\w.]+\s+\d+".to_string(),
         r"\b(bash|sh)\s+-[ic]\b|>\s*&\s*/dev/(tcp|udp)/|/dev/(tcp|udp)/|\$\w+/(tcp|udp)/\d".to_string(),
@@ -393,6 +395,8 @@ mod tests {
             ("file=/home/app/.ssh/config", Rule::PathTraversal),
             ("....//dev/shm/x", Rule::PathTraversal),
             ("x;/bin/sh", Rule::CommandInjection),
+            ("a | /usr/bin/id", Rule::CommandInjection),
+            ("/bin/busybox nc 10.0.0.1 4444", Rule::CommandInjection),
             ("1;cat /etc/shadow", Rule::CommandInjection),
             ("$(whoami)", Rule::CommandInjection),
             ("`id`", Rule::CommandInjection),
@@ -539,6 +543,7 @@ mod tests {
             "Follow https://docs.example.com/dev/setup, then https://wiki.example.com/home/start",
             "https://downloads.example.com/bin/cedar-cli and https://mirror.example.org/usr/share/doc",
             "Install it in /usr/local/bin, then read the logs under /var/log/app.",
+            "To get a shell, run /bin/sh (or /usr/bin/env bash), then type exit.",
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
             "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
             "I'll select the best option from the list and drop the rest.",
