@@ -20,6 +20,7 @@ mod cors;
 mod delegation;
 mod error;
 mod forward;
+mod front;
 mod lines;
 mod metrics;
 mod openapi;

@@ -137,6 +137,26 @@ impl BackgroundService for JwksRefresher {
 
 /// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service; a TLS endpoint's certificate
 /// joins `certs`, the ones a `Reloader` and `POST /admin/tls/reload` renew.
+/// A pingora proxy service whose answer to unparsable requests is the gateway's envelope
+/// ([`crate::front`]); `counted`: those count in the API metrics.
+fn enveloped_proxy<SV>(
+    conf: &Arc<pingora::server::configuration::ServerConf>,
+    inner: SV,
+    name: &str,
+    counted: bool,
+) -> Service<crate::front::Enveloped<pingora::proxy::HttpProxy<SV>>>
+where
+    SV: pingora::proxy::ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    let mut proxy = pingora::proxy::HttpProxy::new(inner, conf.clone());
+    proxy.handle_init_modules();
+    Service::new(
+        name.to_string(),
+        crate::front::Enveloped::new(proxy, counted),
+    )
+}
+
 fn listen<A>(
     service: &mut Service<A>,
     addr: std::net::SocketAddr,
@@ -320,7 +340,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     }
     let mut certs = Vec::new();
     let tls_certs = Arc::new(std::sync::OnceLock::new());
-    let mut api = pingora::proxy::http_proxy_service_with_name(&conf, gateway, "api");
+    let mut api = enveloped_proxy(&conf, gateway, "api", true);
     listen(
         &mut api,
         config.listeners.api,
@@ -329,7 +349,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     )?;
 
     let auth_domain = AuthDomain::new(&config, issuer.clone(), waf.clone(), limiter)?;
-    let mut auth = pingora::proxy::http_proxy_service_with_name(&conf, auth_domain, "auth");
+    let mut auth = enveloped_proxy(&conf, auth_domain, "auth", false);
     listen(
         &mut auth,
         config.listeners.auth,

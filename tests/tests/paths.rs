@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use e2e_tests::{Gateway, bearer, human, raw_request};
+use e2e_tests::{Gateway, bearer, human, raw_request, read_answer};
+use tokio::io::AsyncWriteExt;
 
 static GW: OnceLock<Result<Gateway, String>> = OnceLock::new();
 
@@ -175,4 +176,62 @@ async fn unknown_routes_are_404_not_found() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Requests pingora itself cannot parse get the gateway's envelope (400
+/// `validation/invalid_request`, request id, security headers, `Connection: close`), not
+/// pingora's bare 400 with `Server: Pingora`, on the api and the auth listener; the same
+/// connection handling serves well-formed requests unchanged, kept alive.
+#[tokio::test]
+async fn requests_pingora_cannot_parse_get_the_envelope() {
+    let gw = gw();
+    let heads: &[&[u8]] = &[
+        b"GET /app/v1/workspaces/ws-demo/missions?q=<script>alert(1)</script> HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+    ];
+    for addr in [gw.api, gw.auth] {
+        for head in heads {
+            let what = format!("{addr}: {}", String::from_utf8_lossy(head).escape_debug());
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(head).await.unwrap();
+            let answer = read_answer(&mut stream, &what)
+                .await
+                .unwrap_or_else(|| panic!("{what}: no answer"));
+            answer.assert_error(400, "validation/invalid_request");
+            assert_eq!(answer.header("server"), None, "{what}: {answer}");
+            assert_eq!(
+                answer.header("x-content-type-options"),
+                Some("nosniff"),
+                "{answer}"
+            );
+            assert_eq!(answer.header("connection"), Some("close"), "{answer}");
+        }
+    }
+    let path = answer_path(gw).await;
+    assert_eq!(path, "/app/v1/workspaces/ws-demo/missions");
+
+    // Two well-formed requests on one connection: both answered, the first kept alive.
+    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    for n in 0..2 {
+        let head = "GET /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream, head).await.expect("an answer");
+        answer.assert_error(401, "auth/invalid_token");
+        assert_ne!(
+            answer.header("connection"),
+            Some("close"),
+            "request {n}: {answer}"
+        );
+    }
+}
+
+/// The envelope's `path` for a raw `<` in the query: the request's path.
+async fn answer_path(gw: &Gateway) -> String {
+    let head = b"GET /app/v1/workspaces/ws-demo/missions?q=<b> HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let answer = read_answer(&mut stream, "raw <").await.expect("an answer");
+    answer.json().unwrap()["path"].as_str().unwrap().to_owned()
 }
