@@ -208,23 +208,13 @@ impl PageParams {
 /// The token names the last key served, so a page stays stable when items are added or removed;
 /// `offset` (instead of a token) skips that many items first.
 pub fn paginate(items: Vec<(String, Value)>, p: &PageParams) -> Value {
-    let mut rest = items
-        .into_iter()
-        .skip_while(|(k, _)| p.after.as_ref().is_some_and(|after| k <= after))
-        .skip(p.offset)
-        .peekable();
-    let mut page = Vec::with_capacity(p.limit.min(16));
-    let mut last = None;
-    while page.len() < p.limit {
-        let Some((k, v)) = rest.next() else { break };
-        page.push(v);
-        last = Some(k);
+    let mut pager = Pager::new(p);
+    for (k, v) in items {
+        if pager.offer(&k, || v).is_break() {
+            break;
+        }
     }
-    let next = match (rest.peek(), last) {
-        (Some(_), Some(last)) => Value::String(encode_token(&last)),
-        _ => Value::Null,
-    };
-    json!({"items": page, "nextToken": next})
+    pager.finish()
 }
 
 /// One page of a collection, as [`paginate`] would cut it from the items `keep` accepts, but
@@ -238,32 +228,71 @@ pub async fn page_of(
     p: &PageParams,
     keep: impl Fn(&Value) -> bool,
 ) -> Result<Value, ApiError> {
-    let mut skip = p.offset;
-    let mut page = Vec::with_capacity(p.limit.min(16));
-    let mut last = None;
-    let mut more = false;
+    let mut pager = Pager::new(p);
     store::scan(store, ws, collection, p.after.clone(), |id, doc| {
-        if !keep(doc) {
-            return ControlFlow::Continue(());
+        if keep(doc) {
+            pager.offer(id, || doc.clone())
+        } else {
+            ControlFlow::Continue(())
         }
-        if skip > 0 {
-            skip -= 1;
-            return ControlFlow::Continue(());
-        }
-        if page.len() == p.limit {
-            more = true;
-            return ControlFlow::Break(());
-        }
-        page.push(doc.clone());
-        last = Some(id.to_owned());
-        ControlFlow::Continue(())
     })
     .await?;
-    let next = match (more, last) {
-        (true, Some(last)) => Value::String(encode_token(&last)),
-        _ => Value::Null,
-    };
-    Ok(json!({"items": page, "nextToken": next}))
+    Ok(pager.finish())
+}
+
+/// Cuts one page from items offered in key order: past the token, past `offset`, `limit`
+/// items, and whether one more follows.
+struct Pager<'a> {
+    params: &'a PageParams,
+    skip: usize,
+    page: Vec<Value>,
+    last: Option<String>,
+    more: bool,
+}
+
+impl<'a> Pager<'a> {
+    fn new(params: &'a PageParams) -> Pager<'a> {
+        Pager {
+            params,
+            skip: params.offset,
+            page: Vec::with_capacity(params.limit.min(16)),
+            last: None,
+            more: false,
+        }
+    }
+
+    /// Take the item `key` (its document made only when served); `Break` once the page is
+    /// full and one more item was seen.
+    fn offer(&mut self, key: &str, doc: impl FnOnce() -> Value) -> ControlFlow<()> {
+        if self
+            .params
+            .after
+            .as_deref()
+            .is_some_and(|after| key <= after)
+        {
+            return ControlFlow::Continue(());
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return ControlFlow::Continue(());
+        }
+        if self.page.len() == self.params.limit {
+            self.more = true;
+            return ControlFlow::Break(());
+        }
+        self.page.push(doc());
+        self.last = Some(key.to_owned());
+        ControlFlow::Continue(())
+    }
+
+    /// `{"items": [...], "nextToken": ...}`.
+    fn finish(self) -> Value {
+        let next = match (self.more, self.last) {
+            (true, Some(last)) => Value::String(encode_token(&last)),
+            _ => Value::Null,
+        };
+        json!({"items": self.page, "nextToken": next})
+    }
 }
 
 fn encode_token(key: &str) -> String {
