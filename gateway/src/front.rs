@@ -113,9 +113,11 @@ fn is_pingora_400(buf: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(b"\r\nserver: pingora"))
 }
 
-/// The envelope answer to a request pingora could not parse, as HTTP/1.1 bytes; `target` is
-/// its request target as read (the path part, visible ASCII kept; `/` when unknown).
-fn envelope_response(counted: bool, target: &[u8]) -> Vec<u8> {
+/// The envelope answer to a request pingora could not parse, as HTTP/1.1 bytes (the headers of
+/// every gateway answer, from [`respond::json_response`], and `Connection: close`); `target`
+/// is its request target as read (the path part, visible ASCII kept; `/` when unknown).
+/// `None` if the answer cannot be built: pingora's own then goes out.
+fn envelope_response(counted: bool, target: &[u8]) -> Option<Vec<u8>> {
     let request_id = crate::request_id::accept_or_generate(None);
     let err = GatewayError::InvalidRequest("the request is not valid HTTP/1.1");
     let path: String = target
@@ -135,6 +137,8 @@ fn envelope_response(counted: bool, target: &[u8]) -> Vec<u8> {
         "/".to_owned()
     };
     let body = envelope(&err, &request_id, &path);
+    let mut head = respond::json_response(400, body.len(), &request_id).ok()?;
+    head.insert_header("connection", "close").ok()?;
     tracing::info!(target: "access", request_id = %request_id, status = 400,
         code = "validation/invalid_request", "request pingora could not parse");
     if counted {
@@ -142,23 +146,10 @@ fn envelope_response(counted: bool, target: &[u8]) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(body.len() + 320);
     out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\n");
-    let mut header = |name: &str, value: &str| {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    };
-    header("content-type", "application/json");
-    header("content-length", &body.len().to_string());
-    header("cache-control", "no-store");
-    header(crate::request_id::HEADER, &request_id);
-    for (name, value) in respond::security_headers() {
-        header(name, value);
-    }
-    header("connection", "close");
+    head.header_to_h1_wire(&mut out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
-    out
+    Some(out)
 }
 
 impl Restyled {
@@ -199,10 +190,14 @@ impl AsyncWrite for Restyled {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        if this.pending.is_empty() && is_pingora_400(buf) {
-            this.pending = envelope_response(this.counted, &this.target[..this.target_len]);
-        } else if this.pending.is_empty() {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        if this.pending.is_empty() {
+            let restyled = is_pingora_400(buf)
+                .then(|| envelope_response(this.counted, &this.target[..this.target_len]))
+                .flatten();
+            match restyled {
+                Some(answer) => this.pending = answer,
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
         }
         // pingora's bytes are taken (and dropped) once the envelope has gone out.
         ready!(this.poll_pending(cx))?;

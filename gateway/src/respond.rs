@@ -22,21 +22,17 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
 /// ignore the header on plain HTTP, RFC 6797 §8.1).
 pub static TLS_ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// The security headers every answer carries (with HSTS when a listener serves TLS).
-pub fn security_headers() -> impl Iterator<Item = (&'static str, &'static str)> {
-    let hsts = TLS_ENABLED
-        .load(Ordering::Relaxed)
-        .then_some(("strict-transport-security", HSTS));
-    SECURITY_HEADERS.iter().copied().chain(hsts)
-}
-
-const HSTS: &str = "max-age=31536000; includeSubDomains";
-
 /// Add the request id and security headers; hide the upstream's server banner.
 pub fn decorate(resp: &mut ResponseHeader, request_id: &str) -> Result<()> {
     resp.insert_header(request_id::HEADER, request_id)?;
-    for (k, v) in security_headers() {
-        resp.insert_header(k, v)?;
+    for (k, v) in SECURITY_HEADERS {
+        resp.insert_header(*k, *v)?;
+    }
+    if TLS_ENABLED.load(Ordering::Relaxed) {
+        resp.insert_header(
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        )?;
     }
     resp.remove_header("server");
     Ok(())
