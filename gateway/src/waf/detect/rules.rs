@@ -110,14 +110,19 @@ static JS_URL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(^|[\s'=(\x22])(javascript|vbscript|livescript)\s*:|\bdata\s*:\s*(text/html|application/(x-)?javascript|image/svg\+xml)").expect("valid rule")
 });
 
+/// One word and its options at a value's start, then a space: where a path is a command's
+/// argument (`gunzip -c /var/log/x`), not a sentence's word ("install it in /usr/local/bin").
+const LEADING_COMMAND: &str = r"^['\x22]?[\w.-]+(\s+-{1,2}[\w-]+)*\s+";
+
 static TRAVERSAL: LazyLock<RegexSet> = LazyLock::new(|| {
     RegexSet::new([
         r"(^|[/\\])\.\.+[/\\]",
         r"[/\\]\.\.+([/\\]|$)",
         // A system directory opening a path — not a URL's path segment (`example.com/dev/setup`)
-        // nor one mid-sentence ("install it in /usr/local/bin"), but after one word and its
-        // options at the value's start (`gunzip -c /var/log/x`).
-        r"(^|(^|[^\w\s.-])[/\\]|:|^['\x22]?[\w.-]+(\s+-{1,2}[\w-]+)*\s+[/\\])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+",
+        // nor one mid-sentence, but after a leading command.
+        &format!(
+            r"(^|(^|[^\w\s.-])[/\\]|:|{LEADING_COMMAND}[/\\])(etc|usr|proc|var|root|home|bin|boot|dev|sys)/[\w.*?\[\]-]+"
+        ),
         r"/etc/(passwd|shadow|hosts|group|issue|sudoers|crontab|motd|fstab)\b",
         r"/proc/(self|\d+)/(environ|cmdline|fd|maps|status|mem)",
         r"\b(c|d):\\\\?(boot\.ini|inetpub|windows\\\\(win\.ini|system\.ini|repair))",
@@ -176,7 +181,7 @@ static COMMAND: LazyLock<RegexSet> = LazyLock::new(|| {
         r"\$\{ifs\}|\$ifs\b|\{[a-z]+,[^}]*\}".to_string(),
         // `/bin/sh` run by a shell: at the value's start, after an operator, a quote or `=`, or
         // after one word and its options — not in a sentence ("run /bin/sh to get a shell").
-        r#"(^\s*|[;&|`(=<>'\x22$]\s*|^['\x22]?[\w.-]+(\s+-{1,2}[\w-]+)*\s+)/(usr/)?(s?bin)/\w+"#.to_string(),
+        format!(r#"(^\s*|[;&|`(=<>'\x22$]\s*|{LEADING_COMMAND})/(usr/)?(s?bin)/\w+"#),
         r"\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;".to_string(),
         r"\b(nc|ncat|netcat)\s+(-\w+\s+)*[\w.]+\s+\d+".to_string(),
         r"\b(bash|sh)\s+-[ic]\b|>\s*&\s*/dev/(tcp|udp)/|/dev/(tcp|udp)/|\$\w+/(tcp|udp)/\d".to_string(),
