@@ -13,6 +13,11 @@ const DASH: &str = "/dashboard/v1/workspaces/ws-demo";
 
 fn as_is(_: &mut crate::Assertion) {}
 
+fn viewer(a: &mut crate::Assertion) {
+    a.sub = "u-viewer".into();
+    a.user_id = Some("u-viewer".into());
+}
+
 fn admin(a: &mut crate::Assertion) {
     a.sub = "u-admin".into();
     a.user_id = Some("u-admin".into());
@@ -573,11 +578,7 @@ async fn award_with_key(s: &crate::testing::TestServer, key: &str) -> Answer {
 
 /// u-viewer's balance.
 async fn viewer_balance(s: &crate::testing::TestServer) -> i64 {
-    let path = format!("{APP}/points");
-    let mut a = assertion("GET", &path, "ws-demo");
-    a.sub = "u-viewer".into();
-    a.user_id = Some("u-viewer".into());
-    let answer = s.raw("GET", &path, Some(&sign(&a)), Vec::new(), &[]).await;
+    let answer = s.call("GET", &format!("{APP}/points"), viewer, None).await;
     answer.json["balance"].as_i64().unwrap()
 }
 
@@ -621,11 +622,8 @@ async fn an_award_retried_after_a_failure_is_credited_once() {
 async fn a_badge_missed_after_a_completion_comes_with_the_next_award() {
     let (s, faults, _) = flaky_server().await;
     let path = format!("{APP}/missions/mission-welcome/complete");
-    let mut a = assertion("POST", &path, "ws-demo");
-    a.sub = "u-viewer".into();
-    a.user_id = Some("u-viewer".into());
     *faults.reads_of.lock().unwrap() = Some(crate::store::BALANCES);
-    let done = s.raw("POST", &path, Some(&sign(&a)), Vec::new(), &[]).await;
+    let done = s.call("POST", &path, viewer, None).await;
     *faults.reads_of.lock().unwrap() = None;
     assert_eq!(done.status, 201, "{done:?}");
     assert_eq!(done.json["badgesAwarded"], json!([]), "{done:?}");
@@ -647,8 +645,7 @@ async fn a_5xx_after_a_write_is_replayed_and_one_before_any_write_runs_again() {
     let path = format!("{APP}/missions/mission-streak/activities");
     let record = |key: &'static str| {
         let mut a = assertion("POST", &path, "ws-demo");
-        a.sub = "u-viewer".into();
-        a.user_id = Some("u-viewer".into());
+        viewer(&mut a);
         let body = json!({"count": 1}).to_string().into_bytes();
         let s = &s;
         let path = path.clone();
@@ -665,10 +662,7 @@ async fn a_5xx_after_a_write_is_replayed_and_one_before_any_write_runs_again() {
     };
     let progress = || async {
         let path = format!("{APP}/missions/mission-streak");
-        let mut a = assertion("GET", &path, "ws-demo");
-        a.sub = "u-viewer".into();
-        a.user_id = Some("u-viewer".into());
-        let answer = s.raw("GET", &path, Some(&sign(&a)), Vec::new(), &[]).await;
+        let answer = s.call("GET", &path, viewer, None).await;
         answer.json["participation"]["progress"]
             .as_i64()
             .unwrap_or(0)
@@ -762,10 +756,6 @@ async fn log_readers_stop_where_their_answer_ends() {
 
     // u-viewer's own ledger: the 3 awards first, and not every old entry read to find them
     // (the seed's two u-viewer entries lie behind the old ones).
-    let viewer = |a: &mut crate::Assertion| {
-        a.sub = "u-viewer".into();
-        a.user_id = Some("u-viewer".into());
-    };
     let mine = s.call("GET", &format!("{APP}/points"), viewer, None).await;
     let ledger = mine.json["ledger"].as_array().unwrap();
     assert!(
