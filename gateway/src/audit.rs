@@ -11,7 +11,6 @@ use std::io::{BufWriter, Write};
 
 use serde::Serialize;
 
-use crate::authn::ClaimsView;
 use crate::config::AuditOutput;
 use crate::error::now_rfc3339;
 use crate::lines::LineBuffer;
@@ -88,7 +87,7 @@ struct DecisionLine<'a> {
     policy_version: &'a str,
     decision_us: u64,
     cache_hit: bool,
-    claims: ClaimsView<'a>,
+    claims: &'a serde_json::value::RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     impersonated_user_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +114,10 @@ struct EntityRef<'a> {
 
 impl Serialize for EntityRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{}::{:?}", self.kind, self.id))
+        serializer.collect_str(&crate::authz::mapping::EntityText {
+            kind: self.kind,
+            id: self.id,
+        })
     }
 }
 
@@ -150,7 +152,7 @@ fn decision_record(ctx: &RequestCtx) -> Option<DecisionLine<'_>> {
         policy_version: &d.policy_version,
         decision_us: ctx.authz.as_micros() as u64,
         cache_hit: outcome.cache_hit,
-        claims: identity.claims(),
+        claims: &identity.derived().claims_json,
         impersonated_user_id: ctx.impersonated.as_deref(),
         impersonated_by: ctx
             .impersonated

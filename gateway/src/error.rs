@@ -218,7 +218,6 @@ pub fn now_rfc3339() -> String {
 /// thread; within the second only the fraction is written.
 pub fn write_now_rfc3339(out: &mut String, digits: usize) {
     use std::cell::RefCell;
-    use std::fmt::Write as _;
     thread_local! {
         static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
     }
@@ -242,7 +241,20 @@ pub fn write_now_rfc3339(out: &mut String, digits: usize) {
     });
     let digits = digits.min(9);
     let fraction = since.subsec_nanos() / 10u32.pow(9 - digits as u32);
-    let _ = write!(out, ".{fraction:0digits$}Z");
+    out.push('.');
+    push_zero_padded(out, u64::from(fraction), digits);
+    out.push('Z');
+}
+
+/// Append `n` in decimal, with leading zeros up to `width` digits: what `{n:0width$}` writes,
+/// without the formatting machinery (it runs for several fields of every request).
+pub fn push_zero_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(n);
+    for _ in text.len()..width {
+        out.push('0');
+    }
+    out.push_str(text);
 }
 
 #[cfg(test)]
@@ -272,6 +284,24 @@ mod tests {
         );
         assert!(before <= us && us <= after, "{before} {us} {after}");
         assert!(ms.ends_with('Z') && ms.as_bytes()[19] == b'.', "{ms}");
+    }
+
+    #[test]
+    fn zero_padding_is_formats() {
+        for (n, width) in [
+            (0, 0),
+            (0, 3),
+            (7, 3),
+            (45, 3),
+            (145, 3),
+            (1234, 3),
+            (5, 9),
+            (0, 1),
+        ] {
+            let mut out = String::from(">");
+            push_zero_padded(&mut out, n, width);
+            assert_eq!(out, format!(">{n:0width$}"));
+        }
     }
 
     #[test]

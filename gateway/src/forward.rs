@@ -109,34 +109,28 @@ impl AssertionSigner {
         path: &str,
         request_id: &str,
     ) -> Option<String> {
-        let now = now_secs();
-        let claims = backend::Assertion {
-            iss: backend::ASSERTION_ISSUER.to_string(),
-            aud: backend::ASSERTION_AUDIENCE.to_string(),
-            iat: now,
-            exp: now + self.ttl_seconds,
-            htm: method.to_string(),
-            htu: path.to_string(),
-            rid: request_id.to_string(),
-            sub: identity.principal_id.clone(),
-            workspace_id: identity.workspace_id.clone().unwrap_or_default(),
-            role: identity.role.clone(),
-            platform: identity.platform.clone().unwrap_or_default(),
-            scope: identity.scopes.join(" "),
-            client_id: identity.client_id.clone(),
-            user_id: match acting_for {
-                Some(user) => Some(user.user_id.clone()),
-                None => identity.user_id.clone().or_else(|| identity.sub.clone()),
-            },
-            department: identity.department.clone(),
-            premium: identity.premium,
-            onboarding_completed: identity.onboarding_completed,
-            context: identity.context.clone(),
-            impersonated_by: acting_for.map(|_| identity.principal_id.clone()),
-            lang: acting_for.and_then(|u| u.lang.clone()),
-            timezone: acting_for.and_then(|u| u.timezone.clone()),
+        let iat = now_secs();
+        let exp = iat + self.ttl_seconds;
+        let known = match acting_for {
+            None => identity.derived().assertion_claims.as_deref(),
+            Some(_) => None,
         };
-        let payload = serde_json::to_vec(&claims).ok()?;
+        let payload = match known {
+            // The identity's claims were serialised at its first request: only the request's
+            // own claims are written here.
+            Some(identity_claims) => {
+                let mut p = Vec::with_capacity(
+                    160 + method.len() + path.len() + request_id.len() + identity_claims.len(),
+                );
+                request_claims(&mut p, iat, exp, method, path, request_id);
+                p.extend_from_slice(identity_claims.as_bytes());
+                p
+            }
+            None => {
+                let claims = claims(identity, acting_for, iat, exp, method, path, request_id);
+                serde_json::to_vec(&claims).ok()?
+            }
+        };
         let mut token = String::with_capacity(HS256_HEADER.len() + payload.len() * 4 / 3 + 52);
         token.push_str(HS256_HEADER);
         token.push('.');
@@ -146,6 +140,93 @@ impl AssertionSigner {
         URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut token);
         Some(token)
     }
+}
+
+/// The assertion's claims for one request.
+fn claims(
+    identity: &Identity,
+    acting_for: Option<&crate::delegation::DelegatedUser>,
+    iat: u64,
+    exp: u64,
+    method: &str,
+    path: &str,
+    request_id: &str,
+) -> backend::Assertion {
+    backend::Assertion {
+        iss: backend::ASSERTION_ISSUER.to_string(),
+        aud: backend::ASSERTION_AUDIENCE.to_string(),
+        iat,
+        exp,
+        htm: method.to_string(),
+        htu: path.to_string(),
+        rid: request_id.to_string(),
+        sub: identity.principal_id.clone(),
+        workspace_id: identity.workspace_id.clone().unwrap_or_default(),
+        role: identity.role.clone(),
+        platform: identity.platform.clone().unwrap_or_default(),
+        scope: identity.scopes.join(" "),
+        client_id: identity.client_id.clone(),
+        user_id: match acting_for {
+            Some(user) => Some(user.user_id.clone()),
+            None => identity.user_id.clone().or_else(|| identity.sub.clone()),
+        },
+        department: identity.department.clone(),
+        premium: identity.premium,
+        onboarding_completed: identity.onboarding_completed,
+        context: identity.context.clone(),
+        impersonated_by: acting_for.map(|_| identity.principal_id.clone()),
+        lang: acting_for.and_then(|u| u.lang.clone()),
+        timezone: acting_for.and_then(|u| u.timezone.clone()),
+    }
+}
+
+/// The JSON of `backend::Assertion` up to and including its per-request claims (`iss` to
+/// `rid`, the struct's first fields, in its order), without the closing brace.
+fn request_claims(out: &mut Vec<u8>, iat: u64, exp: u64, method: &str, path: &str, rid: &str) {
+    let mut digits = itoa::Buffer::new();
+    let string = |out: &mut Vec<u8>, name: &[u8], value: &str| {
+        out.extend_from_slice(name);
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    };
+    string(out, b"{\"iss\":", backend::ASSERTION_ISSUER);
+    string(out, b",\"aud\":", backend::ASSERTION_AUDIENCE);
+    out.extend_from_slice(b",\"iat\":");
+    out.extend_from_slice(digits.format(iat).as_bytes());
+    out.extend_from_slice(b",\"exp\":");
+    out.extend_from_slice(digits.format(exp).as_bytes());
+    string(out, b",\"htm\":", method);
+    string(out, b",\"htu\":", path);
+    string(out, b",\"rid\":", rid);
+}
+
+/// The rest of the assertion's JSON for an identity acting for itself (from its `sub` claim
+/// to the closing brace), the same for all its requests: [`AssertionSigner::sign`] appends it
+/// to [`request_claims`]. `None` if serde's output does not start as `request_claims` writes
+/// (then every request serialises the whole assertion).
+pub fn assertion_claims(identity: &Identity) -> Option<String> {
+    let whole = serde_json::to_vec(&claims(identity, None, 0, 0, "", "", "")).ok()?;
+    let mut head = Vec::new();
+    request_claims(&mut head, 0, 0, "", "", "");
+    let rest = whole.strip_prefix(head.as_slice())?;
+    String::from_utf8(rest.to_vec()).ok()
+}
+
+/// The convenience headers for an identity, sanitised.
+pub fn identity_headers(identity: &Identity) -> Vec<(&'static str, http::HeaderValue)> {
+    [
+        ("x-cedargate-principal-id", Some(&identity.principal_id)),
+        ("x-cedargate-workspace-id", identity.workspace_id.as_ref()),
+        ("x-cedargate-role", identity.role.as_ref()),
+        ("x-cedargate-platform", identity.platform.as_ref()),
+        ("x-cedargate-client-id", identity.client_id.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        let value = http::HeaderValue::from_str(&sanitize(value?)).ok()?;
+        Some((name, value))
+    })
+    .collect()
 }
 
 /// Drop every inbound header that could claim an identity.
@@ -172,18 +253,8 @@ pub fn add_identity_headers(
     assertion: &str,
 ) -> pingora::Result<()> {
     req.insert_header(backend::ASSERTION_HEADER, assertion)?;
-    req.insert_header("x-cedargate-principal-id", sanitize(&identity.principal_id))?;
-    if let Some(ws) = &identity.workspace_id {
-        req.insert_header("x-cedargate-workspace-id", sanitize(ws))?;
-    }
-    if let Some(role) = &identity.role {
-        req.insert_header("x-cedargate-role", sanitize(role))?;
-    }
-    if let Some(platform) = &identity.platform {
-        req.insert_header("x-cedargate-platform", sanitize(platform))?;
-    }
-    if let Some(client) = &identity.client_id {
-        req.insert_header("x-cedargate-client-id", sanitize(client))?;
+    for (name, value) in &identity.derived().headers {
+        req.insert_header(*name, value.clone())?;
     }
     Ok(())
 }
@@ -248,6 +319,40 @@ mod tests {
             same.verify(&token, "POST", "/app/v1/workspaces/ws-1/missions")
                 .is_err()
         );
+    }
+
+    /// The assertion written from the identity's serialised claims is, byte for byte, the
+    /// backend's `Assertion` serialised whole (including claims that need escaping).
+    #[test]
+    fn prepared_claims_make_the_same_assertion() {
+        let signer = AssertionSigner::new(b"0123456789abcdef0123456789abcdef", 60);
+        for claims in [
+            serde_json::json!({"sub": "u-1", "workspaceId": "ws-1", "role": "Member",
+                "platform": "web", "scope": "app/read app/write", "premium": true,
+                "department": "Sales \"EMEA\" \u{1} ✓", "context": "app"}),
+            serde_json::json!({"client_id": "partner", "platform": "m2m", "scope": "app/read",
+                "workspaceId": "ws-2"}),
+        ] {
+            let identity = Identity::from_claims(claims.as_object().unwrap()).unwrap();
+            assert!(identity.derived().assertion_claims.is_some());
+            let token = signer
+                .sign(&identity, None, "GET", "/a/\"b\"", "rid \\ 1")
+                .unwrap();
+            let payload = URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap();
+            let decoded: backend::Assertion = serde_json::from_slice(&payload).unwrap();
+            let whole = claims_json(&identity, decoded.iat, decoded.exp);
+            assert_eq!(String::from_utf8(payload).unwrap(), whole);
+            assert_eq!(decoded.exp, decoded.iat + 60);
+        }
+    }
+
+    fn claims_json(identity: &Identity, iat: u64, exp: u64) -> String {
+        serde_json::to_string(&claims(
+            identity, None, iat, exp, "GET", "/a/\"b\"", "rid \\ 1",
+        ))
+        .unwrap()
     }
 
     #[test]

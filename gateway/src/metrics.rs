@@ -4,7 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The process's metric registry.
@@ -339,9 +340,24 @@ pub fn upstream_error(kind: &'static str) {
 
 /// Count a cache lookup.
 pub fn cache_lookup(cache: &str, hit: bool) {
-    CACHE
-        .with_label_values(&[cache, if hit { "hit" } else { "miss" }])
-        .inc();
+    /// The known caches' series, resolved once (lookups happen several times per request).
+    static KNOWN: LazyLock<[(&str, [IntCounter; 2]); 4]> = LazyLock::new(|| {
+        ["token", "decision", "delegation", "client_credentials"].map(|c| {
+            (
+                c,
+                [
+                    CACHE.with_label_values(&[c, "miss"]),
+                    CACHE.with_label_values(&[c, "hit"]),
+                ],
+            )
+        })
+    });
+    match KNOWN.iter().find(|(name, _)| *name == cache) {
+        Some((_, series)) => series[usize::from(hit)].inc(),
+        None => CACHE
+            .with_label_values(&[cache, if hit { "hit" } else { "miss" }])
+            .inc(),
+    }
 }
 
 /// Count a shadow difference.
@@ -353,14 +369,54 @@ pub fn shadow_difference(route: &str, active: bool, shadow: bool) {
 }
 
 /// Count one finished request.
-pub fn observe(route: &str, method: &str, status: u16, decision: &str, seconds: f64) {
+pub fn observe(route: &str, method: &str, status: u16, decision: &'static str, seconds: f64) {
     let route = if route.is_empty() { "unmatched" } else { route };
-    // Formatted on the stack: no allocation per request.
-    let mut digits = itoa::Buffer::new();
-    REQUESTS
-        .with_label_values(&[route, method_label(method), digits.format(status), decision])
-        .inc();
-    LATENCY.with_label_values(&[route]).observe(seconds);
+    let method = method_label(method);
+    SERIES.with_borrow_mut(|series| {
+        if !series.contains_key(route) {
+            series.insert(
+                route.to_string(),
+                RouteSeries {
+                    latency: LATENCY.with_label_values(&[route]),
+                    requests: Vec::new(),
+                },
+            );
+        }
+        let Some(of_route) = series.get_mut(route) else {
+            return;
+        };
+        of_route.latency.observe(seconds);
+        let known = of_route
+            .requests
+            .iter()
+            .find(|(m, s, d, _)| *m == method && *s == status && *d == decision);
+        match known {
+            Some((.., counter)) => counter.inc(),
+            None => {
+                // Formatted on the stack: no allocation per request.
+                let mut digits = itoa::Buffer::new();
+                let counter =
+                    REQUESTS.with_label_values(&[route, method, digits.format(status), decision]);
+                counter.inc();
+                of_route.requests.push((method, status, decision, counter));
+            }
+        }
+    });
+}
+
+/// One route's series, as a thread last resolved them.
+struct RouteSeries {
+    latency: Histogram,
+    /// `cedargate_requests_total` by method, status and decision.
+    requests: Vec<(&'static str, u16, &'static str, IntCounter)>,
+}
+
+thread_local! {
+    /// This thread's handles of the per-request series: resolving labels (a hash, a shared
+    /// lock and two shared reference counts) happens once per series and thread, not per
+    /// request. Bounded as the labels are (routes x methods x statuses x decisions).
+    static SERIES: std::cell::RefCell<std::collections::HashMap<String, RouteSeries>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Record the stage durations of one request (a stage that did not run is not recorded).
@@ -381,9 +437,15 @@ pub fn observe_stages(
 }
 
 /// Methods outside the standard set collapse into one label value.
-fn method_label(m: &str) -> &str {
+fn method_label(m: &str) -> &'static str {
     match m {
-        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => m,
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
         _ => "OTHER",
     }
 }

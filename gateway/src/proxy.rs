@@ -67,8 +67,11 @@ pub struct RequestCtx {
     pub method: String,
     /// The Cedar action id of the matched route.
     pub route: Option<String>,
-    /// The decoded path segments (split once, by the screen, for the route match of both).
-    pub segments: Vec<String>,
+    /// The policy bundle in force when the request arrived, and the route it matched there
+    /// (matched once, by the screen, for per-route WAF exclusions and rate limits, then for
+    /// the decision).
+    pub bundle: Option<Arc<crate::authz::PolicyBundle>>,
+    pub matched: Option<crate::routes::RouteMatch>,
     /// The client's address (the peer, or X-Forwarded-For behind a trusted proxy).
     pub client_ip: Option<IpAddr>,
     /// The body's inspection state, when the request has a body.
@@ -106,7 +109,8 @@ impl RequestCtx {
             query: String::new(),
             method: String::new(),
             route: None,
-            segments: Vec::new(),
+            bundle: None,
+            matched: None,
             client_ip: None,
             body_gate: None,
             rate_limit: None,
@@ -149,11 +153,12 @@ impl Gateway {
         let segments = split_path(req.uri.path())?;
         // The route is needed early for per-route WAF exclusions and rate limits.
         let bundle = self.authorizer.current();
-        ctx.route = bundle
-            .routes
-            .find(&req.method, &segments)
+        let matched = bundle.routes.find(&req.method, &segments);
+        ctx.route = matched
+            .as_ref()
             .map(|m| bundle.routes.routes[m.route_index].action.clone());
-        ctx.segments = segments;
+        ctx.matched = matched;
+        ctx.bundle = Some(bundle);
         let has_body = respond::has_body(req);
         let mut body = BytesMut::new();
         let read_ahead = waf::read_ahead_length(req).filter(|_| self.waf.settings().enabled);
@@ -218,7 +223,6 @@ impl Gateway {
             ctx.public = true;
             return Ok(());
         }
-        let segments = std::mem::take(&mut ctx.segments);
         let query: Vec<(String, String)> = req
             .uri
             .query()
@@ -277,13 +281,10 @@ impl Gateway {
         }
 
         // Stage 7: the route.
-        let bundle = self.authorizer.current();
-        let matched = bundle
-            .routes
-            .find(&req.method, &segments)
-            .ok_or(GatewayError::RouteNotFound)?;
+        let (Some(bundle), Some(matched)) = (ctx.bundle.take(), ctx.matched.take()) else {
+            return Err(GatewayError::RouteNotFound);
+        };
         let route = &bundle.routes.routes[matched.route_index];
-        ctx.route = Some(route.action.clone());
         ctx.directory_change = DirectoryChange::of(&req.method, &route.template, |p| {
             matched.param(p).map(str::to_owned)
         });
@@ -295,11 +296,13 @@ impl Gateway {
             Some(p) => matched.param(p),
             None => matched.param("workspaceId"),
         };
-        ctx.resource = Some(format!(
-            "{}::{:?}",
-            route.resource_type,
-            resource_id.unwrap_or_default()
-        ));
+        ctx.resource = Some(
+            crate::authz::mapping::EntityText {
+                kind: &route.resource_type,
+                id: resource_id.unwrap_or_default(),
+            }
+            .to_string(),
+        );
 
         // Stage 8: authorization (with the shadow set beside it).
         let t = Instant::now();

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http::HeaderValue;
 use pingora::Result;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -11,11 +12,14 @@ use pingora::proxy::Session;
 use crate::error::{GatewayError, envelope};
 use crate::request_id;
 
-/// Headers every answer carries, whoever produced it.
-const SECURITY_HEADERS: &[(&str, &str)] = &[
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+/// Headers every answer carries, whoever produced it (static values: nothing to copy).
+const SECURITY_HEADERS: [(&str, HeaderValue); 3] = [
+    (
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    ),
+    ("x-frame-options", HeaderValue::from_static("DENY")),
+    ("referrer-policy", HeaderValue::from_static("no-referrer")),
 ];
 
 /// Set at start-up when a listener serves TLS: then responses carry HSTS (user agents
@@ -26,27 +30,38 @@ pub static TLS_ENABLED: AtomicBool = AtomicBool::new(false);
 pub fn decorate(resp: &mut ResponseHeader, request_id: &str) -> Result<()> {
     resp.insert_header(request_id::HEADER, request_id)?;
     for (k, v) in SECURITY_HEADERS {
-        resp.insert_header(*k, *v)?;
+        resp.insert_header(k, v)?;
     }
     if TLS_ENABLED.load(Ordering::Relaxed) {
         resp.insert_header(
             "strict-transport-security",
-            "max-age=31536000; includeSubDomains",
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         )?;
     }
     resp.remove_header("server");
     Ok(())
 }
 
-/// `Server-Timing` with the pipeline's stage durations, in milliseconds.
+/// `Server-Timing` with the pipeline's stage durations, in milliseconds with three decimals
+/// (written digit by digit: float formatting costs more than the rest of the header).
 pub fn server_timing(authn: Duration, authz: Duration, upstream: Duration) -> String {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "authn;dur={:.3}, authz;dur={:.3}, upstream;dur={:.3}",
-        ms(authn),
-        ms(authz),
-        ms(upstream)
-    )
+    let mut out = String::with_capacity(64);
+    for (i, (name, d)) in [("authn", authn), ("authz", authz), ("upstream", upstream)]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+        out.push_str(";dur=");
+        // Rounded to the microsecond, as `{:.3}` of the milliseconds would.
+        let micros = (d.as_nanos() + 500) / 1000;
+        crate::error::push_zero_padded(&mut out, (micros / 1000) as u64, 0);
+        out.push('.');
+        crate::error::push_zero_padded(&mut out, (micros % 1000) as u64, 3);
+    }
+    out
 }
 
 /// A complete JSON response built by the gateway.
@@ -114,4 +129,29 @@ pub fn rate_limit_headers(
     resp.insert_header("ratelimit-policy", applied.policy_header())?;
     resp.insert_header("ratelimit", applied.state_header())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digit-by-digit `Server-Timing` says what `{:.3}` of the milliseconds says.
+    #[test]
+    fn server_timing_has_three_decimals_of_milliseconds() {
+        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
+        for nanos in [
+            0,
+            499,
+            500,
+            145_000,
+            145_499,
+            999_999,
+            1_000_000,
+            12_345_678_901,
+        ] {
+            let d = Duration::from_nanos(nanos);
+            let want = format!("authn;dur={0}, authz;dur={0}, upstream;dur={0}", ms(d));
+            assert_eq!(server_timing(d, d, d), want, "{nanos} ns");
+        }
+    }
 }

@@ -24,6 +24,42 @@ pub struct Identity {
     pub department: Option<String>,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
+    /// Serialised forms every request of this identity needs, made at first use.
+    pub derived: Derived,
+}
+
+/// Forms of an identity that each request would otherwise build again (an identity lives in
+/// the token cache as long as its token): made once, at first use. A cache, not part of the
+/// identity: clones start empty and equality ignores it.
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<DerivedForms>);
+
+/// See [`Derived`].
+pub struct DerivedForms {
+    /// The audit line's `claims`: [`Identity::claims`] serialised.
+    pub claims_json: Box<serde_json::value::RawValue>,
+    /// The signed assertion's identity claims, serialised ([`crate::forward`]).
+    pub assertion_claims: Option<String>,
+    /// The convenience headers for the backend, sanitised ([`crate::forward`]).
+    pub headers: Vec<(&'static str, http::HeaderValue)>,
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Derived {
+        Derived::default()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
+    }
 }
 
 impl Identity {
@@ -65,6 +101,7 @@ impl Identity {
             onboarding_completed: flag(claims.get("onboardingCompleted")),
             department: s("department"),
             exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+            derived: Derived::default(),
         })
     }
 
@@ -81,6 +118,16 @@ impl Identity {
     /// written per request: no map is built).
     pub fn claims(&self) -> ClaimsView<'_> {
         ClaimsView(self)
+    }
+
+    /// The identity's serialised forms (made at the first call).
+    pub fn derived(&self) -> &DerivedForms {
+        self.derived.0.get_or_init(|| DerivedForms {
+            claims_json: serde_json::value::to_raw_value(&self.claims())
+                .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).expect("null")),
+            assertion_claims: crate::forward::assertion_claims(self),
+            headers: crate::forward::identity_headers(self),
+        })
     }
 
     /// Whether this is a machine-to-machine caller.

@@ -21,6 +21,29 @@ pub struct RequestFacts<'a> {
     pub impersonated_user: Option<&'a str>,
 }
 
+/// An entity reference as text for logs and the audit line: `Mission::"m1"` (the id quoted
+/// and escaped as Rust's `{:?}` does).
+pub struct EntityText<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+}
+
+impl std::fmt::Display for EntityText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids are nearly always plain ASCII, which `{:?}` leaves as it is: skip its
+        // per-character escaping for them.
+        if self
+            .id
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            write!(f, "{}::\"{}\"", self.kind, self.id)
+        } else {
+            write!(f, "{}::{:?}", self.kind, self.id)
+        }
+    }
+}
+
 /// A Cedar request with the entities it needs.
 pub struct CedarInput {
     pub principal: EntityUid,

@@ -330,3 +330,26 @@ fn the_compiled_index_decides_exactly_like_cedar_on_the_whole_set() {
     assert!(checked > 1000);
     assert!(errors_seen > 100);
 }
+
+/// `EntityText` writes what `{:?}` writes, for plain ids (its fast path) and ids that need
+/// escaping alike.
+#[test]
+fn entity_text_quotes_as_debug_does() {
+    for id in [
+        "m-1",
+        "a b",
+        "o'brien",
+        "q\"uote",
+        "back\\slash",
+        "tab\there",
+        "é✓",
+        "",
+    ] {
+        let text = crate::authz::mapping::EntityText {
+            kind: "Mission",
+            id,
+        }
+        .to_string();
+        assert_eq!(text, format!("Mission::{id:?}"), "{id:?}");
+    }
+}

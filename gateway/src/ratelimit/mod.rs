@@ -99,22 +99,36 @@ pub struct Applied {
 impl Applied {
     /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
     pub fn policy_header(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.rule,
+        self.header(
+            "q",
             self.spec.limit,
-            self.spec.window_ms.div_ceil(1000)
+            "w",
+            self.spec.window_ms.div_ceil(1000),
         )
     }
 
     /// `RateLimit`: remaining quota and seconds until it resets.
     pub fn state_header(&self) -> String {
-        format!(
-            "\"{}\";r={};t={}",
-            self.rule,
-            self.standing.remaining,
-            self.standing.reset_ms.div_ceil(1000)
-        )
+        let reset = self.standing.reset_ms.div_ceil(1000);
+        self.header("r", self.standing.remaining, "t", reset)
+    }
+
+    /// `"<rule>";<a>=<x>;<b>=<y>`, written without the formatting machinery (two of these
+    /// go out with every answer).
+    fn header(&self, a: &str, x: impl itoa::Integer, b: &str, y: impl itoa::Integer) -> String {
+        let mut digits = itoa::Buffer::new();
+        let mut out = String::with_capacity(self.rule.len() + 32);
+        out.push('"');
+        out.push_str(&self.rule);
+        out.push_str("\";");
+        out.push_str(a);
+        out.push('=');
+        out.push_str(digits.format(x));
+        out.push(';');
+        out.push_str(b);
+        out.push('=');
+        out.push_str(digits.format(y));
+        out
     }
 
     /// `Retry-After` in whole seconds (at least 1).
