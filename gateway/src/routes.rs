@@ -251,11 +251,10 @@ pub fn split_path(raw: &str) -> Result<Vec<String>, GatewayError> {
             }
         }
     }
-    let raw_segments: Vec<&str> = rest.split('/').collect();
-    let last = raw_segments.len() - 1;
-    let mut out = Vec::with_capacity(raw_segments.len());
-    for (i, seg) in raw_segments.into_iter().enumerate() {
-        if seg.is_empty() && i != last {
+    let count = rest.bytes().filter(|&b| b == b'/').count() + 1;
+    let mut out = Vec::with_capacity(count);
+    for (i, seg) in rest.split('/').enumerate() {
+        if seg.is_empty() && i + 1 != count {
             return Err(GatewayError::InvalidPath(
                 "empty path segments ('//') are not allowed",
             ));
