@@ -39,6 +39,8 @@ pub enum GatewayError {
     BodyTimeout,
     /// The request is malformed at the HTTP level.
     InvalidRequest(&'static str),
+    /// The HTTP layer does not serve this method (`CONNECT`).
+    MethodNotAllowed,
     /// `X-User-ID` was sent by a caller that may not act for that user (or for anyone).
     InvalidDelegation(&'static str),
     /// A rate limit refused the request.
@@ -50,6 +52,20 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// The error for a status pingora's HTTP layer refused a request with (its canned answers
+    /// carry no body); `None` for a status the gateway has no envelope for.
+    pub fn of_http_status(status: u16) -> Option<GatewayError> {
+        Some(match status {
+            400 => Self::InvalidRequest("the request is not valid HTTP/1.1"),
+            405 => Self::MethodNotAllowed,
+            408 => Self::BodyTimeout,
+            413 => Self::PayloadTooLarge,
+            414 => Self::UriTooLong,
+            431 => Self::HeadersTooLarge,
+            _ => return None,
+        })
+    }
+
     /// HTTP status of this error.
     pub fn status(&self) -> u16 {
         match self {
@@ -62,6 +78,7 @@ impl GatewayError {
             Self::HeadersTooLarge => 431,
             Self::BodyTimeout => 408,
             Self::InvalidRequest(_) => 400,
+            Self::MethodNotAllowed => 405,
             Self::RateLimited(_) => 429,
             Self::RouteNotFound => 404,
             Self::Forbidden => 403,
@@ -90,6 +107,7 @@ impl GatewayError {
             Self::HeadersTooLarge => "waf/headers_too_large",
             Self::BodyTimeout => "validation/request_timeout",
             Self::InvalidRequest(_) => "validation/invalid_request",
+            Self::MethodNotAllowed => "validation/method_not_allowed",
             Self::RateLimited(_) => "rate_limit/exceeded",
             Self::Forbidden => "auth/insufficient_permissions",
             Self::UpstreamUnavailable => "server/upstream_unavailable",
@@ -123,6 +141,7 @@ impl GatewayError {
             Self::HeadersTooLarge => "the request has too many headers or header bytes",
             Self::BodyTimeout => "the request body did not arrive in time",
             Self::InvalidRequest(why) | Self::InvalidDelegation(why) => why,
+            Self::MethodNotAllowed => "the gateway does not serve this method",
             Self::RateLimited(_) => "too many requests; retry after the time given in Retry-After",
             Self::Forbidden => "the caller is not allowed to perform this action",
             Self::UpstreamUnavailable => "the backend is unavailable",

@@ -1,13 +1,14 @@
-//! Pingora's own answer to a request it cannot parse, in the gateway's error envelope.
+//! Pingora's own answers to requests it refuses, in the gateway's error envelope.
 //!
 //! pingora-proxy answers a request head it cannot parse (a raw `<` in the request target, a
-//! duplicated `Content-Length`, a garbage request line, ...) with a canned `400` — empty body,
-//! `Server: Pingora` — in `handle_new_request`, before any `ProxyHttp` hook runs. Which heads
-//! it refuses is pingora's decision (it escapes some illegal bytes itself), so the gateway does
-//! not second-guess it: [`Enveloped`] wraps each accepted connection in [`Restyled`], which
-//! passes every byte through unchanged except that canned answer, replaced on its way out by
-//! the gateway's JSON envelope (`validation/invalid_request`, a request id, the security
-//! headers, `Connection: close`), counted in the metrics and written to the log.
+//! duplicated `Content-Length`, a garbage request line, ...) with a canned `400`, and a
+//! `CONNECT` with a canned `405` — empty body, `Server: Pingora` — in `handle_new_request`,
+//! before any `ProxyHttp` hook runs. Which requests it refuses is pingora's decision (it
+//! escapes some illegal bytes itself), so the gateway does not second-guess it: [`Enveloped`]
+//! wraps each accepted connection in [`Restyled`], which passes every byte through unchanged
+//! except such a canned answer, replaced on its way out by the gateway's JSON envelope for its
+//! status (`validation/invalid_request`, `validation/method_not_allowed`, ...; a request id,
+//! the security headers, `Connection: close`), counted in the metrics and written to the log.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::{GatewayError, envelope};
 use crate::respond;
 
-/// A listener's application with pingora's canned `400` restyled (see the module doc).
+/// A listener's application with pingora's canned answers restyled (see the module doc).
 pub struct Enveloped<A> {
     app: Arc<A>,
     /// Whether the listener's requests count in the API metrics (the api listener).
@@ -67,7 +68,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Enveloped<A> {
     }
 }
 
-/// A connection whose canned `400` from pingora is replaced by the gateway's envelope.
+/// A connection whose canned answers from pingora are replaced by the gateway's envelope.
 #[derive(Debug)]
 pub struct Restyled {
     inner: Stream,
@@ -97,29 +98,36 @@ fn request_target(bytes: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end.min(TARGET_KEPT)])
 }
 
-/// Whether `buf` starts pingora's canned `400` response (status line, then `Server: Pingora`
-/// among its headers; no answer of the gateway or of the backend carries that header).
-fn is_pingora_400(buf: &[u8]) -> bool {
-    if !(buf.starts_with(b"HTTP/1.1 400 ") || buf.starts_with(b"HTTP/1.0 400 ")) {
-        return false;
+/// The status of pingora's canned answer when `buf` starts one: a status line, then
+/// `Server: Pingora` among its headers (no answer of the gateway or of the backend carries that
+/// header).
+fn pingora_canned_status(buf: &[u8]) -> Option<u16> {
+    let rest = buf
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
+    let digits = rest.get(..3)?;
+    if rest.get(3) != Some(&b' ') || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
     }
     let head = &buf[..buf.len().min(512)];
     let end = head
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(head.len());
-    head[..end]
+    let from_pingora = head[..end]
         .windows(17)
-        .any(|w| w.eq_ignore_ascii_case(b"\r\nserver: pingora"))
+        .any(|w| w.eq_ignore_ascii_case(b"\r\nserver: pingora"));
+    from_pingora.then(|| digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
-/// The envelope answer to a request pingora could not parse, as HTTP/1.1 bytes (the headers of
-/// every gateway answer, from [`respond::json_response`], and `Connection: close`); `target`
-/// is its request target as read (the path part, visible ASCII kept; `/` when unknown).
-/// `None` if the answer cannot be built: pingora's own then goes out.
-fn envelope_response(counted: bool, target: &[u8]) -> Option<Vec<u8>> {
+/// The envelope answer to a request pingora refused with `status`, as HTTP/1.1 bytes (the
+/// headers of every gateway answer, from [`respond::json_response`], and `Connection: close`);
+/// `target` is its request target as read (the path part, visible ASCII kept; `/` when
+/// unknown). `None` if the gateway has no envelope for the status or the answer cannot be
+/// built: pingora's own then goes out.
+fn envelope_response(status: u16, counted: bool, target: &[u8]) -> Option<Vec<u8>> {
+    let err = GatewayError::of_http_status(status)?;
     let request_id = crate::request_id::accept_or_generate(None);
-    let err = GatewayError::InvalidRequest("the request is not valid HTTP/1.1");
     let path: String = target
         .iter()
         .take_while(|b| **b != b'?')
@@ -137,15 +145,19 @@ fn envelope_response(counted: bool, target: &[u8]) -> Option<Vec<u8>> {
         "/".to_owned()
     };
     let body = envelope(&err, &request_id, &path);
-    let mut head = respond::json_response(400, body.len(), &request_id).ok()?;
+    let mut head = respond::json_response(err.status(), body.len(), &request_id).ok()?;
     head.insert_header("connection", "close").ok()?;
-    tracing::info!(target: "access", request_id = %request_id, status = 400,
-        code = "validation/invalid_request", "request pingora could not parse");
+    tracing::info!(target: "access", request_id = %request_id, status = err.status(),
+        code = err.code(), "request pingora refused");
     if counted {
-        crate::metrics::observe("", "", 400, "reject", 0.0);
+        crate::metrics::observe("", "", err.status(), "reject", 0.0);
     }
     let mut out = Vec::with_capacity(body.len() + 320);
-    out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\n");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.status.canonical_reason().unwrap_or("Error").as_bytes());
+    out.extend_from_slice(b"\r\n");
     head.header_to_h1_wire(&mut out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
@@ -191,9 +203,9 @@ impl AsyncWrite for Restyled {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_empty() {
-            let restyled = is_pingora_400(buf)
-                .then(|| envelope_response(this.counted, &this.target[..this.target_len]))
-                .flatten();
+            let restyled = pingora_canned_status(buf).and_then(|status| {
+                envelope_response(status, this.counted, &this.target[..this.target_len])
+            });
             match restyled {
                 Some(answer) => this.pending = answer,
                 None => return Pin::new(&mut this.inner).poll_write(cx, buf),
@@ -286,7 +298,7 @@ impl Peek for Restyled {
 
 #[cfg(test)]
 mod tests {
-    use super::{TARGET_KEPT, is_pingora_400, request_target};
+    use super::{TARGET_KEPT, envelope_response, pingora_canned_status, request_target};
 
     #[test]
     fn request_targets_are_read_from_request_lines_only() {
@@ -301,22 +313,62 @@ mod tests {
     }
 
     #[test]
-    fn only_pingora_s_canned_400_is_restyled() {
+    fn only_pingora_s_canned_answers_are_restyled() {
         let canned =
             b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nDate: x\r\nContent-Length: 0\r\n\r\n";
-        assert!(is_pingora_400(canned));
-        // The gateway's own 400s, the backend's answers and bodies pass as they are.
-        assert!(!is_pingora_400(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\r\n{}"
-        ));
-        assert!(!is_pingora_400(
-            b"HTTP/1.1 200 OK\r\nServer: Pingora\r\n\r\n"
-        ));
-        assert!(!is_pingora_400(
-            b"{\"text\": \"HTTP/1.1 400 \\r\\nServer: Pingora\"}"
-        ));
-        assert!(!is_pingora_400(
-            b"HTTP/1.1 400 Bad Request\r\nx: y\r\n\r\n\r\nServer: Pingora\r\n"
-        ));
+        assert_eq!(pingora_canned_status(canned), Some(400));
+        assert_eq!(
+            pingora_canned_status(
+                b"HTTP/1.1 405 Method Not Allowed\r\nServer: Pingora\r\nContent-Length: 0\r\n\r\n"
+            ),
+            Some(405)
+        );
+        // The gateway's own answers, the backend's answers and bodies pass as they are.
+        assert_eq!(
+            pingora_canned_status(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\r\n{}"
+            ),
+            None
+        );
+        assert_eq!(
+            pingora_canned_status(b"{\"text\": \"HTTP/1.1 400 \\r\\nServer: Pingora\"}"),
+            None
+        );
+        assert_eq!(
+            pingora_canned_status(
+                b"HTTP/1.1 400 Bad Request\r\nx: y\r\n\r\n\r\nServer: Pingora\r\n"
+            ),
+            None
+        );
+        assert_eq!(
+            pingora_canned_status(b"HTTP/1.1 4x0 Bad\r\nServer: Pingora\r\n\r\n"),
+            None
+        );
+    }
+
+    /// Statuses the gateway has an envelope for are restyled with it; others (a `200` can
+    /// only be the backend's, whatever its `Server` says) go out as they are.
+    #[test]
+    fn envelopes_keep_pingora_s_status() {
+        for (status, code) in [
+            (400, "validation/invalid_request"),
+            (405, "validation/method_not_allowed"),
+            (413, "waf/payload_too_large"),
+            (431, "waf/headers_too_large"),
+        ] {
+            let out = envelope_response(status, false, b"/a/b?c=d").expect("an envelope");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+            assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+            assert!(text.contains("\"path\":\"/a/b\""), "{text}");
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains("\r\nconnection: close\r\n"),
+                "{text}"
+            );
+            assert!(!text.to_ascii_lowercase().contains("server:"), "{text}");
+        }
+        assert!(envelope_response(200, false, b"/").is_none());
+        assert!(envelope_response(418, false, b"/").is_none());
     }
 }

@@ -98,6 +98,8 @@ pub struct RequestCtx {
     pub origin: Option<String>,
     /// What the request changes in the user directory, when the backend accepts it.
     pub directory_change: Option<DirectoryChange>,
+    /// The gateway answered `Expect: 100-continue` itself (the backend must not answer again).
+    pub continued: bool,
 }
 
 impl RequestCtx {
@@ -129,6 +131,7 @@ impl RequestCtx {
             upstream: None,
             origin: None,
             directory_change: None,
+            continued: false,
         }
     }
 }
@@ -163,6 +166,14 @@ impl Gateway {
         let mut body = BytesMut::new();
         let read_ahead = waf::read_ahead_length(req).filter(|_| self.waf.settings().enabled);
         if let Some(len) = read_ahead {
+            // A client waiting for `100 Continue` before it sends the body (RFC 9110 §10.1.1)
+            // gets it now: the body is read here, before the backend sees the request.
+            if respond::expects_continue(req) {
+                session.write_continue_response().await.map_err(|_| {
+                    GatewayError::InvalidRequest("the request body could not be read")
+                })?;
+                ctx.continued = true;
+            }
             // Small enough for pingora's retry buffer, which replays it to the backend.
             session.enable_retry_buffering();
             let read = async {
@@ -484,6 +495,9 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         forward::strip_identity_headers(upstream);
+        if ctx.continued {
+            upstream.remove_header(&http::header::EXPECT);
+        }
         let identity = ctx.identity.as_ref().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "forwarding without an identity")
         })?;
@@ -547,9 +561,10 @@ impl ProxyHttp for Gateway {
         let err = match e.etype() {
             // The body stage rejected the request (the upstream never got the whole body).
             _ if ctx.rejected.is_some() => ctx.rejected.take().unwrap_or(GatewayError::Internal),
-            // A malformed request the HTTP layer refused: our envelope where we have a code.
-            ErrorType::HTTPStatus(400) => GatewayError::InvalidRequest("the request is malformed"),
-            ErrorType::HTTPStatus(413) => GatewayError::PayloadTooLarge,
+            // A request the HTTP layer refused: our envelope where we have a code.
+            ErrorType::HTTPStatus(code) if GatewayError::of_http_status(*code).is_some() => {
+                GatewayError::of_http_status(*code).unwrap_or(GatewayError::Internal)
+            }
             ErrorType::HTTPStatus(code) if *code < 500 => {
                 let _ = session.respond_error(*code).await;
                 return FailToProxy {

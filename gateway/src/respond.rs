@@ -121,6 +121,14 @@ pub fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// Whether the client sent `Expect: 100-continue` (it may wait for `100 Continue` before it
+/// sends the body: whoever reads the body first answers it).
+pub fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one rule.
 pub fn rate_limit_headers(
     resp: &mut ResponseHeader,

@@ -433,3 +433,34 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Sends `head` (a request head with `Expect: 100-continue` and `Connection: close`, ending in
+/// its blank line) to `addr`, waits for `100 Continue` before sending `body`, as such clients
+/// do, and returns everything the server said (interim answer included). Panics if no
+/// `100 Continue` comes within 5 s.
+pub async fn send_expecting_continue(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write the head");
+    let mut interim = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut interim))
+        .await
+        .unwrap_or_else(|_| panic!("no interim answer within 5 s to {head:?}"))
+        .expect("read");
+    let interim = String::from_utf8_lossy(&interim[..n]).into_owned();
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim:?}"
+    );
+    stream.write_all(body).await.expect("write the body");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut rest))
+        .await
+        .expect("the final answer within 15 s")
+        .expect("read");
+    format!("{interim}{}", String::from_utf8_lossy(&rest))
+}

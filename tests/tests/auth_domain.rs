@@ -385,3 +385,21 @@ async fn failed_client_authentications_are_limited_per_address() {
         "{metrics}"
     );
 }
+
+/// A client that sends `Expect: 100-continue` to the token endpoint gets `100 Continue` before
+/// it sends its form (curl otherwise waits a second for it), then its token.
+#[tokio::test]
+async fn token_requests_expecting_100_continue_get_it() {
+    let form = "grant_type=client_credentials&scope=app%2Fread";
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        basic(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET),
+        form.len()
+    );
+    let answer = e2e_tests::http::send_expecting_continue(gw().auth, &head, form.as_bytes()).await;
+    let final_answer = &answer[answer.find("HTTP/1.1 200 ").unwrap_or(0)..];
+    assert!(final_answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(final_answer.contains("\"access_token\""), "{answer}");
+}

@@ -79,7 +79,11 @@ fn config_check_fails_on_a_missing_file() {
     // The file and the reason, said once.
     let text = printed(&out);
     assert!(text.contains("nope.toml"), "{text}");
-    assert_eq!(text.matches("No such file or directory").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        1,
+        "{text}"
+    );
 }
 
 #[test]

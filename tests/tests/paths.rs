@@ -227,6 +227,40 @@ async fn requests_pingora_cannot_parse_get_the_envelope() {
     }
 }
 
+/// `CONNECT`, which pingora refuses before any hook, gets the envelope (405
+/// `validation/method_not_allowed`, no `Server`) and a closed connection.
+#[tokio::test]
+async fn connect_is_refused_with_the_envelope() {
+    let gw = gw();
+    let head = b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let answer = read_answer(&mut stream, "CONNECT")
+        .await
+        .expect("an answer to CONNECT");
+    answer.assert_error(405, "validation/method_not_allowed");
+    assert_eq!(answer.header("server"), None, "{answer}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer}");
+}
+
+/// Both `Transfer-Encoding` and `Content-Length` (the request-smuggling shape): the body is
+/// read as chunked (RFC 9112 §6.3, pingora drops the length) and the connection is not kept,
+/// so nothing the client sent after it is read as another request.
+#[tokio::test]
+async fn double_framing_closes_the_connection() {
+    let gw = gw();
+    let head = b"POST /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let answer = read_answer(&mut stream, "TE + CL")
+        .await
+        .expect("an answer to TE + CL");
+    answer.assert_error(401, "auth/invalid_token");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer}");
+    // Nothing more: the smuggled request got no answer of its own.
+    assert!(read_answer(&mut stream, "after TE + CL").await.is_none());
+}
+
 /// The envelope's `path` for a raw `<` in the query: the request's path.
 async fn answer_path(gw: &Gateway) -> String {
     let head = b"GET /app/v1/workspaces/ws-demo/missions?q=<b> HTTP/1.1\r\nHost: x\r\n\r\n";
