@@ -53,6 +53,8 @@ pub struct AuthDomain {
     waf: Arc<Waf>,
     /// `[rate_limit.token_failures]`: failed client authentications per address.
     limiter: Option<Arc<RateLimiter>>,
+    /// `[server] keepalive_timeout_seconds`.
+    keepalive_seconds: u64,
 }
 
 /// Per-request context of the auth listener.
@@ -262,6 +264,7 @@ impl AuthDomain {
             upstream,
             waf,
             limiter,
+            keepalive_seconds: config.server.keepalive_timeout_seconds,
         })
     }
 
@@ -357,6 +360,7 @@ impl ProxyHttp for AuthDomain {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut AuthCtx) -> Result<bool> {
+        crate::respond::bound_keepalive(session, self.keepalive_seconds);
         ctx.request_id = request_id::accept_or_generate(
             session
                 .req_header()

@@ -134,6 +134,7 @@ struct RawServer {
     work_stealing: Option<bool>,
     grace_period_seconds: Option<u64>,
     graceful_shutdown_timeout_seconds: Option<u64>,
+    keepalive_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -298,6 +299,9 @@ pub struct ServerSettings {
     pub work_stealing: bool,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
+    /// An idle keep-alive client connection (api and auth listeners) is closed after this
+    /// long; 0: kept until the client closes it.
+    pub keepalive_timeout_seconds: u64,
 }
 
 /// How tokens are verified (pipeline stage 4).
@@ -508,6 +512,7 @@ impl Validator<'_> {
                 .server
                 .graceful_shutdown_timeout_seconds
                 .unwrap_or(5),
+            keepalive_timeout_seconds: raw.server.keepalive_timeout_seconds.unwrap_or(60),
         };
         let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -771,6 +776,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.listeners.api.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.keepalive_timeout_seconds, 60);
         assert_eq!(c.policies_dir, PathBuf::from("/etc/cedargate/../policies"));
         assert!(c.issuer.is_some());
     }

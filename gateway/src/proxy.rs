@@ -55,6 +55,8 @@ pub struct Gateway {
     pub directory: Directory,
     /// `None`: rate limiting is off.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// `[server] keepalive_timeout_seconds`.
+    pub keepalive_seconds: u64,
 }
 
 /// Per-request context: what each stage learned, recorded once in `logging`.
@@ -370,6 +372,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        respond::bound_keepalive(session, self.keepalive_seconds);
         ctx.request_id = request_id::accept_or_generate(
             session
                 .req_header()

@@ -121,6 +121,17 @@ pub fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// Bound how long the client's connection may sit idle between requests: pingora keeps an
+/// HTTP/1.1 connection open until the client closes it, so idle clients would hold sockets
+/// (and file descriptors) for good. A connection that is not kept alive is left as it is;
+/// `seconds = 0` keeps pingora's behaviour. The setting carries over to the connection's
+/// next requests.
+pub fn bound_keepalive(session: &mut Session, seconds: u64) {
+    if seconds > 0 && session.get_keepalive() == Some(0) {
+        session.set_keepalive(Some(seconds));
+    }
+}
+
 /// Whether the client sent `Expect: 100-continue` (it may wait for `100 Continue` before it
 /// sends the body: whoever reads the body first answers it).
 pub fn expects_continue(req: &RequestHeader) -> bool {

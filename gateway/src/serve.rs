@@ -332,6 +332,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             AssertionSigner::new(&secret, config.assertion_ttl_seconds),
         )?,
         limiter: limiter.clone(),
+        keepalive_seconds: config.server.keepalive_timeout_seconds,
     };
     if !config.pipeline {
         tracing::warn!(
