@@ -135,6 +135,7 @@ struct RawServer {
     grace_period_seconds: Option<u64>,
     graceful_shutdown_timeout_seconds: Option<u64>,
     keepalive_timeout_seconds: Option<u64>,
+    request_head_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -302,6 +303,9 @@ pub struct ServerSettings {
     /// An idle keep-alive client connection (api and auth listeners) is closed after this
     /// long; 0: kept until the client closes it.
     pub keepalive_timeout_seconds: u64,
+    /// A request head (api and auth listeners) must arrive whole within this long of its first
+    /// byte, or the connection is closed; 0: only pingora's per-read timeout (60 s) applies.
+    pub request_head_timeout_seconds: u64,
 }
 
 /// How tokens are verified (pipeline stage 4).
@@ -513,6 +517,7 @@ impl Validator<'_> {
                 .graceful_shutdown_timeout_seconds
                 .unwrap_or(5),
             keepalive_timeout_seconds: raw.server.keepalive_timeout_seconds.unwrap_or(60),
+            request_head_timeout_seconds: raw.server.request_head_timeout_seconds.unwrap_or(30),
         };
         let log_level = raw.log.level.unwrap_or_else(|| "info".to_string());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -777,6 +782,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.listeners.api.to_string(), "127.0.0.1:8080");
         assert_eq!(c.server.keepalive_timeout_seconds, 60);
+        assert_eq!(c.server.request_head_timeout_seconds, 30);
         assert_eq!(c.policies_dir, PathBuf::from("/etc/cedargate/../policies"));
         assert!(c.issuer.is_some());
     }

@@ -9,6 +9,11 @@
 //! except such a canned answer, replaced on its way out by the gateway's JSON envelope for its
 //! status (`validation/invalid_request`, `validation/method_not_allowed`, ...; a request id,
 //! the security headers, `Connection: close`), counted in the metrics and written to the log.
+//!
+//! The same wrapper bounds how long a request head may take to arrive: pingora's read timeout
+//! applies to each read, so a client sending a byte now and then (slowloris) would hold its
+//! connection for good. Once the first bytes of a head have arrived, the rest must follow
+//! within `[server] request_head_timeout_seconds`, or the connection is closed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,14 +39,17 @@ pub struct Enveloped<A> {
     app: Arc<A>,
     /// Whether the listener's requests count in the API metrics (the api listener).
     counted: bool,
+    /// How long a request head may take from its first byte to its blank line.
+    head_timeout: Duration,
 }
 
 impl<A> Enveloped<A> {
     /// Wrap `app`; `counted`: its refusals count in `cedargate_requests_total`.
-    pub fn new(app: A, counted: bool) -> Enveloped<A> {
+    pub fn new(app: A, counted: bool, head_timeout: Duration) -> Enveloped<A> {
         Enveloped {
             app: Arc::new(app),
             counted,
+            head_timeout,
         }
     }
 }
@@ -59,6 +67,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Enveloped<A> {
             counted: self.counted,
             target: [0; TARGET_KEPT],
             target_len: 0,
+            head: HeadWatch::new(self.head_timeout),
         });
         self.app.process_new(restyled, shutdown).await
     }
@@ -79,6 +88,90 @@ pub struct Restyled {
     /// the envelope's `path`: a fixed buffer, so reading costs no allocation.
     target: [u8; TARGET_KEPT],
     target_len: usize,
+    head: HeadWatch,
+}
+
+/// Where the connection stands in receiving a request head, and the deadline of a head that is
+/// on its way.
+#[derive(Debug)]
+struct HeadWatch {
+    /// A head is expected (at the start and after each final answer).
+    awaiting: bool,
+    /// The last bytes read while awaiting, to find a blank line split across reads.
+    tail: [u8; 3],
+    tail_len: usize,
+    /// Armed when a head's first bytes arrived without its end.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
+}
+
+impl HeadWatch {
+    fn new(timeout: Duration) -> HeadWatch {
+        HeadWatch {
+            awaiting: true,
+            tail: [0; 3],
+            tail_len: 0,
+            deadline: None,
+            timeout,
+        }
+    }
+
+    /// Whether the head's deadline has passed (registers the waker while it has not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+    }
+
+    /// Bytes just read from the client.
+    fn read(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
+        if !self.awaiting || bytes.is_empty() || self.timeout.is_zero() {
+            return;
+        }
+        if head_ends(&self.tail[..self.tail_len], bytes) {
+            self.awaiting = false;
+            self.deadline = None;
+            self.tail_len = 0;
+            return;
+        }
+        let keep = bytes.len().min(3);
+        let mut tail = [0u8; 6];
+        tail[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        tail[self.tail_len..self.tail_len + keep].copy_from_slice(&bytes[bytes.len() - keep..]);
+        let total = self.tail_len + keep;
+        let start = total.saturating_sub(3);
+        self.tail_len = total - start;
+        self.tail[..self.tail_len].copy_from_slice(&tail[start..total]);
+        if self.deadline.is_none() {
+            let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
+            // Polled once so that its expiry wakes the connection's task.
+            let _ = deadline.as_mut().poll(cx);
+            self.deadline = Some(deadline);
+        }
+    }
+
+    /// Bytes about to be written to the client: a final answer's head means the next bytes
+    /// read begin a new request (an interim `1xx`, e.g. `100 Continue`, does not).
+    fn written(&mut self, bytes: &[u8]) {
+        let answer = bytes.starts_with(b"HTTP/1.1 ") || bytes.starts_with(b"HTTP/1.0 ");
+        if answer && bytes.get(9) != Some(&b'1') {
+            self.awaiting = true;
+            self.tail_len = 0;
+        }
+    }
+}
+
+/// Whether `bytes`, read after `tail`, complete a request head (its blank line).
+fn head_ends(tail: &[u8], bytes: &[u8]) -> bool {
+    const END: &[u8] = b"\r\n\r\n";
+    let joint = tail.len().min(3);
+    let mut seam = [0u8; 6];
+    seam[..joint].copy_from_slice(&tail[tail.len() - joint..]);
+    let head = bytes.len().min(3);
+    seam[joint..joint + head].copy_from_slice(&bytes[..head]);
+    bytes.ends_with(END)
+        || seam[..joint + head].windows(4).any(|w| w == END)
+        || memchr::memmem::find(bytes, END).is_some()
 }
 
 /// How much of a request target the envelope's `path` keeps.
@@ -184,10 +277,18 @@ impl AsyncRead for Restyled {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.head.expired(cx) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request head did not arrive in time",
+            )));
+        }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        if let Some(target) = request_target(&buf.filled()[before..]) {
-            let this = &mut *self;
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        this.head.read(read, cx);
+        if let Some(target) = request_target(read) {
             this.target[..target.len()].copy_from_slice(target);
             this.target_len = target.len();
         }
@@ -203,6 +304,7 @@ impl AsyncWrite for Restyled {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_empty() {
+            this.head.written(buf);
             let restyled = pingora_canned_status(buf).and_then(|status| {
                 envelope_response(status, this.counted, &this.target[..this.target_len])
             });
@@ -298,7 +400,9 @@ impl Peek for Restyled {
 
 #[cfg(test)]
 mod tests {
-    use super::{TARGET_KEPT, envelope_response, pingora_canned_status, request_target};
+    use super::{
+        HeadWatch, TARGET_KEPT, envelope_response, head_ends, pingora_canned_status, request_target,
+    };
 
     #[test]
     fn request_targets_are_read_from_request_lines_only() {
@@ -370,5 +474,44 @@ mod tests {
         }
         assert!(envelope_response(200, false, b"/").is_none());
         assert!(envelope_response(418, false, b"/").is_none());
+    }
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_even_split_across_reads() {
+        assert!(head_ends(b"", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_ends(
+            b"",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        assert!(!head_ends(b"", b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        for split in 1..4 {
+            let end = b"\r\n\r\n";
+            assert!(head_ends(&end[..split], &end[split..]), "split at {split}");
+        }
+        assert!(!head_ends(b"\r\n", b"X"));
+    }
+
+    #[tokio::test]
+    async fn the_watch_arms_on_a_partial_head_and_rearms_after_a_final_answer() {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut watch = HeadWatch::new(std::time::Duration::from_secs(30));
+        // A whole head in one read: nothing armed.
+        watch.read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut cx);
+        assert!(!watch.awaiting && watch.deadline.is_none());
+        // Body bytes are not watched; an interim answer does not start a new head.
+        watch.read(b"partial body", &mut cx);
+        watch.written(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(!watch.awaiting && watch.deadline.is_none());
+        // A final answer: the next bytes begin a head; a partial one arms the deadline ...
+        watch.written(b"HTTP/1.1 200 OK\r\n");
+        watch.read(b"GET / HTTP/1.1\r\nHo", &mut cx);
+        assert!(watch.awaiting && watch.deadline.is_some());
+        // ... until its blank line arrives, split across reads.
+        watch.read(b"st: x\r\n\r", &mut cx);
+        assert!(watch.deadline.is_some());
+        watch.read(b"\n", &mut cx);
+        assert!(!watch.awaiting && watch.deadline.is_none());
+        assert!(!watch.expired(&mut cx));
     }
 }

@@ -144,6 +144,7 @@ fn enveloped_proxy<SV>(
     inner: SV,
     name: &str,
     counted: bool,
+    head_timeout: std::time::Duration,
 ) -> Service<crate::front::Enveloped<pingora::proxy::HttpProxy<SV>>>
 where
     SV: pingora::proxy::ProxyHttp + Send + Sync + 'static,
@@ -153,7 +154,7 @@ where
     proxy.handle_init_modules();
     Service::new(
         name.to_string(),
-        crate::front::Enveloped::new(proxy, counted),
+        crate::front::Enveloped::new(proxy, counted, head_timeout),
     )
 }
 
@@ -341,7 +342,8 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     }
     let mut certs = Vec::new();
     let tls_certs = Arc::new(std::sync::OnceLock::new());
-    let mut api = enveloped_proxy(&conf, gateway, "api", true);
+    let head_timeout = std::time::Duration::from_secs(config.server.request_head_timeout_seconds);
+    let mut api = enveloped_proxy(&conf, gateway, "api", true, head_timeout);
     listen(
         &mut api,
         config.listeners.api,
@@ -350,7 +352,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     )?;
 
     let auth_domain = AuthDomain::new(&config, issuer.clone(), waf.clone(), limiter)?;
-    let mut auth = enveloped_proxy(&conf, auth_domain, "auth", false);
+    let mut auth = enveloped_proxy(&conf, auth_domain, "auth", false, head_timeout);
     listen(
         &mut auth,
         config.listeners.auth,
