@@ -360,15 +360,21 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         &mut certs,
     )?;
 
+    // Wrapped as the other listeners are: pingora's canned answers get the envelope, and a
+    // request head must arrive in time.
     let mut admin = Service::new(
         "admin".to_string(),
-        Admin {
-            authorizer: authorizer.clone(),
-            verifier: verifier.clone(),
-            upstream,
-            waf: waf.clone(),
-            certs: tls_certs.clone(),
-        },
+        crate::front::Enveloped::new(
+            Admin {
+                authorizer: authorizer.clone(),
+                verifier: verifier.clone(),
+                upstream,
+                waf: waf.clone(),
+                certs: tls_certs.clone(),
+            },
+            false,
+            head_timeout,
+        ),
     );
     listen(
         &mut admin,

@@ -2,7 +2,7 @@
 //! after `[server] keepalive_timeout_seconds` on the api and auth listeners (pingora alone keeps
 //! an HTTP/1.1 connection until the client leaves) and reused freely before that; a request
 //! head trickled in (slowloris) must arrive whole within `request_head_timeout_seconds` of its
-//! first byte, while slow bodies and idle time between requests do not count.
+//! first byte on every listener, while slow bodies and idle time between requests do not count.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -142,9 +142,11 @@ async fn request_heads_must_arrive_in_time() {
     let gw = strict_gateway(&dir);
     let api = "GET /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\n\r\n";
     let auth = "GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n";
+    let admin = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     tokio::join!(
         slow_heads_are_cut_off(gw.api, api),
-        slow_heads_are_cut_off(gw.auth, auth)
+        slow_heads_are_cut_off(gw.auth, auth),
+        slow_heads_are_cut_off(gw.admin, admin)
     );
 }
 
