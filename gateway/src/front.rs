@@ -13,7 +13,10 @@
 //! The same wrapper bounds how long a request head may take to arrive: pingora's read timeout
 //! applies to each read, so a client sending a byte now and then (slowloris) would hold its
 //! connection for good. Once the first bytes of a head have arrived, the rest must follow
-//! within `[server] request_head_timeout_seconds`, or the connection is closed.
+//! within `[server] request_head_timeout_seconds`, or the connection is closed. It also
+//! measures the head (its request line, lines and bytes), so that pingora's `400` for a head
+//! beyond its own limits (a URI over 64 KiB, more than 256 headers, a head over 1 MiB) is
+//! answered as the WAF's size limits answer smaller ones: 414 or 431.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,17 +42,27 @@ pub struct Enveloped<A> {
     app: Arc<A>,
     /// Whether the listener's requests count in the API metrics (the api listener).
     counted: bool,
-    /// How long a request head may take from its first byte to its blank line.
-    head_timeout: Duration,
+    rules: HeadRules,
+}
+
+/// What a request head must keep to.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadRules {
+    /// How long a request head may take from its first byte to its blank line (zero: no limit).
+    pub timeout: Duration,
+    /// The WAF's size limits (`max_url_bytes`, `max_header_count`, `max_header_bytes`).
+    pub max_url_bytes: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
 }
 
 impl<A> Enveloped<A> {
     /// Wrap `app`; `counted`: its refusals count in `cedargate_requests_total`.
-    pub fn new(app: A, counted: bool, head_timeout: Duration) -> Enveloped<A> {
+    pub fn new(app: A, counted: bool, rules: HeadRules) -> Enveloped<A> {
         Enveloped {
             app: Arc::new(app),
             counted,
-            head_timeout,
+            rules,
         }
     }
 }
@@ -67,7 +80,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Enveloped<A> {
             counted: self.counted,
             target: [0; TARGET_KEPT],
             target_len: 0,
-            head: HeadWatch::new(self.head_timeout),
+            head: HeadWatch::new(self.rules),
         });
         self.app.process_new(restyled, shutdown).await
     }
@@ -102,17 +115,44 @@ struct HeadWatch {
     tail_len: usize,
     /// Armed when a head's first bytes arrived without its end.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    timeout: Duration,
+    rules: HeadRules,
+    /// The current head's size so far: bytes, line ends, and its request line's length (final
+    /// once `line_done`).
+    bytes: usize,
+    lines: usize,
+    line_len: usize,
+    line_done: bool,
 }
 
 impl HeadWatch {
-    fn new(timeout: Duration) -> HeadWatch {
+    fn new(rules: HeadRules) -> HeadWatch {
         HeadWatch {
             awaiting: true,
             tail: [0; 3],
             tail_len: 0,
             deadline: None,
-            timeout,
+            rules,
+            bytes: 0,
+            lines: 0,
+            line_len: 0,
+            line_done: false,
+        }
+    }
+
+    /// The status for pingora's canned `status`: its `400` for a head over the size limits is
+    /// the `414` or `431` those limits answer.
+    fn status_for(&self, status: u16) -> u16 {
+        if status != 400 {
+            return status;
+        }
+        if self.line_len > self.rules.max_url_bytes {
+            414
+        } else if self.lines.saturating_sub(2) > self.rules.max_header_count
+            || self.bytes > self.rules.max_header_bytes + self.line_len
+        {
+            431
+        } else {
+            400
         }
     }
 
@@ -125,7 +165,21 @@ impl HeadWatch {
 
     /// Bytes just read from the client.
     fn read(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
-        if !self.awaiting || bytes.is_empty() || self.timeout.is_zero() {
+        if !self.awaiting || bytes.is_empty() {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.lines += memchr::memchr_iter(b'\n', bytes).count();
+        if !self.line_done {
+            match memchr::memchr(b'\n', bytes) {
+                Some(end) => {
+                    self.line_len += end;
+                    self.line_done = true;
+                }
+                None => self.line_len += bytes.len(),
+            }
+        }
+        if self.rules.timeout.is_zero() {
             return;
         }
         if head_ends(&self.tail[..self.tail_len], bytes) {
@@ -143,7 +197,7 @@ impl HeadWatch {
         self.tail_len = total - start;
         self.tail[..self.tail_len].copy_from_slice(&tail[start..total]);
         if self.deadline.is_none() {
-            let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
+            let mut deadline = Box::pin(tokio::time::sleep(self.rules.timeout));
             // Polled once so that its expiry wakes the connection's task.
             let _ = deadline.as_mut().poll(cx);
             self.deadline = Some(deadline);
@@ -157,6 +211,10 @@ impl HeadWatch {
         if answer && bytes.get(9) != Some(&b'1') {
             self.awaiting = true;
             self.tail_len = 0;
+            self.bytes = 0;
+            self.lines = 0;
+            self.line_len = 0;
+            self.line_done = false;
         }
     }
 }
@@ -304,10 +362,12 @@ impl AsyncWrite for Restyled {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_empty() {
-            this.head.written(buf);
             let restyled = pingora_canned_status(buf).and_then(|status| {
+                let status = this.head.status_for(status);
                 envelope_response(status, this.counted, &this.target[..this.target_len])
             });
+            // After the canned answer was judged by the head it answers.
+            this.head.written(buf);
             match restyled {
                 Some(answer) => this.pending = answer,
                 None => return Pin::new(&mut this.inner).poll_write(cx, buf),
@@ -401,8 +461,19 @@ impl Peek for Restyled {
 #[cfg(test)]
 mod tests {
     use super::{
-        HeadWatch, TARGET_KEPT, envelope_response, head_ends, pingora_canned_status, request_target,
+        HeadRules, HeadWatch, TARGET_KEPT, envelope_response, head_ends, pingora_canned_status,
+        request_target,
     };
+
+    /// The default config's rules.
+    fn rules() -> HeadRules {
+        HeadRules {
+            timeout: std::time::Duration::from_secs(30),
+            max_url_bytes: 8192,
+            max_header_count: 100,
+            max_header_bytes: 32768,
+        }
+    }
 
     #[test]
     fn request_targets_are_read_from_request_lines_only() {
@@ -495,7 +566,7 @@ mod tests {
     async fn the_watch_arms_on_a_partial_head_and_rearms_after_a_final_answer() {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        let mut watch = HeadWatch::new(std::time::Duration::from_secs(30));
+        let mut watch = HeadWatch::new(rules());
         // A whole head in one read: nothing armed.
         watch.read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut cx);
         assert!(!watch.awaiting && watch.deadline.is_none());
@@ -513,5 +584,39 @@ mod tests {
         watch.read(b"\n", &mut cx);
         assert!(!watch.awaiting && watch.deadline.is_none());
         assert!(!watch.expired(&mut cx));
+    }
+
+    /// pingora's `400` for a head beyond its own limits is the `414`/`431` of the WAF's; any
+    /// other canned status, and a `400` for a head within the limits, stays as it is.
+    #[tokio::test]
+    async fn oversized_heads_get_the_size_limit_statuses() {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut measured = |reads: &[Vec<u8>]| {
+            let mut watch = HeadWatch::new(rules());
+            for r in reads {
+                watch.read(r, &mut cx);
+            }
+            watch
+        };
+        let long_line = measured(&[
+            format!("GET /?q={} HTTP/1.1\r\n", "a".repeat(70_000)).into_bytes(),
+            b"Host: x\r\n\r\n".to_vec(),
+        ]);
+        assert_eq!(long_line.status_for(400), 414);
+        assert_eq!(long_line.status_for(405), 405);
+        let many = (0..300)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>();
+        let many_headers = measured(&[format!("GET / HTTP/1.1\r\n{many}\r\n").into_bytes()]);
+        assert_eq!(many_headers.status_for(400), 431);
+        let big = measured(&[
+            b"GET / HTTP/1.1\r\nX-Big: ".to_vec(),
+            vec![b'a'; 1_100_000],
+            b"\r\n\r\n".to_vec(),
+        ]);
+        assert_eq!(big.status_for(400), 431);
+        let malformed = measured(&[b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+        assert_eq!(malformed.status_for(400), 400);
     }
 }

@@ -144,7 +144,7 @@ fn enveloped_proxy<SV>(
     inner: SV,
     name: &str,
     counted: bool,
-    head_timeout: std::time::Duration,
+    rules: crate::front::HeadRules,
 ) -> Service<crate::front::Enveloped<pingora::proxy::HttpProxy<SV>>>
 where
     SV: pingora::proxy::ProxyHttp + Send + Sync + 'static,
@@ -154,7 +154,7 @@ where
     proxy.handle_init_modules();
     Service::new(
         name.to_string(),
-        crate::front::Enveloped::new(proxy, counted, head_timeout),
+        crate::front::Enveloped::new(proxy, counted, rules),
     )
 }
 
@@ -342,8 +342,13 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     }
     let mut certs = Vec::new();
     let tls_certs = Arc::new(std::sync::OnceLock::new());
-    let head_timeout = std::time::Duration::from_secs(config.server.request_head_timeout_seconds);
-    let mut api = enveloped_proxy(&conf, gateway, "api", true, head_timeout);
+    let head_rules = crate::front::HeadRules {
+        timeout: std::time::Duration::from_secs(config.server.request_head_timeout_seconds),
+        max_url_bytes: config.waf.max_url_bytes,
+        max_header_count: config.waf.max_header_count,
+        max_header_bytes: config.waf.max_header_bytes,
+    };
+    let mut api = enveloped_proxy(&conf, gateway, "api", true, head_rules);
     listen(
         &mut api,
         config.listeners.api,
@@ -352,7 +357,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     )?;
 
     let auth_domain = AuthDomain::new(&config, issuer.clone(), waf.clone(), limiter)?;
-    let mut auth = enveloped_proxy(&conf, auth_domain, "auth", false, head_timeout);
+    let mut auth = enveloped_proxy(&conf, auth_domain, "auth", false, head_rules);
     listen(
         &mut auth,
         config.listeners.auth,
@@ -373,7 +378,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
                 certs: tls_certs.clone(),
             },
             false,
-            head_timeout,
+            head_rules,
         ),
     );
     listen(

@@ -180,6 +180,33 @@ async fn size_limits_answer_413_414_and_431() {
     send(&c, "GET", &gw.api_url(MISSIONS), &[big], None)
         .await
         .assert_error(431, "waf/headers_too_large");
+    // Beyond pingora's own limits (a URI over 64 KiB, more than 256 headers, a head over
+    // 1 MiB), which it refuses before the WAF sees the head: the same statuses.
+    let huge_url = format!(
+        "GET {MISSIONS}?nextToken={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let headers_300: String = (0..300).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    let too_many = format!("GET {MISSIONS} HTTP/1.1\r\nHost: x\r\n{headers_300}\r\n");
+    let huge_header = format!(
+        "GET {MISSIONS} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(1_100_000)
+    );
+    for (head, status, code) in [
+        (huge_url, 414, "waf/uri_too_long"),
+        (too_many, 431, "waf/headers_too_large"),
+        (huge_header, 431, "waf/headers_too_large"),
+    ] {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+        // pingora may answer before it read everything: a failed write is fine.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let answer = e2e_tests::read_answer(&mut stream, &head[..40])
+            .await
+            .unwrap_or_else(|| panic!("{}: no answer", &head[..40]));
+        answer.assert_error(status, code);
+        assert_eq!(answer.header("server"), None, "{answer}");
+    }
     // Over 6 MB, refused from Content-Length alone.
     let manager = gw.mint(&human("Manager", "dashboard"), None);
     let resp = c
