@@ -185,9 +185,7 @@ async fn write_answer(session: &mut Session, answer: HttpAnswer, request_id: &st
 /// Read a small request body; `None` when it exceeds `limit`. A client waiting for
 /// `100 Continue` gets it first.
 async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
-    if crate::respond::expects_continue(session.req_header()) {
-        session.write_continue_response().await?;
-    }
+    crate::respond::continue_if_expected(session).await?;
     let mut body = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
         if body.len() + chunk.len() > limit {

@@ -170,12 +170,9 @@ impl Gateway {
         if let Some(len) = read_ahead {
             // A client waiting for `100 Continue` before it sends the body (RFC 9110 §10.1.1)
             // gets it now: the body is read here, before the backend sees the request.
-            if respond::expects_continue(req) {
-                session.write_continue_response().await.map_err(|_| {
-                    GatewayError::InvalidRequest("the request body could not be read")
-                })?;
-                ctx.continued = true;
-            }
+            ctx.continued = respond::continue_if_expected(session)
+                .await
+                .map_err(|_| GatewayError::InvalidRequest("the request body could not be read"))?;
             // Small enough for pingora's retry buffer, which replays it to the backend.
             session.enable_retry_buffering();
             let read = async {

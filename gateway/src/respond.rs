@@ -132,12 +132,19 @@ pub fn bound_keepalive(session: &mut Session, seconds: u64) {
     }
 }
 
-/// Whether the client sent `Expect: 100-continue` (it may wait for `100 Continue` before it
-/// sends the body: whoever reads the body first answers it).
-pub fn expects_continue(req: &RequestHeader) -> bool {
-    req.headers
+/// Before the gateway reads a request body itself: a client that sent `Expect: 100-continue`
+/// may wait for `100 Continue` before it sends the body, so it gets it now. `true` when it was
+/// sent (the backend must then not be asked again).
+pub async fn continue_if_expected(session: &mut Session) -> Result<bool> {
+    let expected = session
+        .req_header()
+        .headers
         .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expected {
+        session.write_continue_response().await?;
+    }
+    Ok(expected)
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one rule.

@@ -317,16 +317,21 @@ pub async fn raw_request(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("Connection: close\r\n\r\n");
+    send_raw(addr, head.as_bytes(), &request).await.1
+}
+
+/// Sends `bytes` as they are on a new connection to `addr` and reads one answer (`what` names
+/// the request in messages); the connection is returned for what follows. A write the server
+/// cut short is no failure when an answer came (it may refuse before reading everything).
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8], what: &str) -> (TcpStream, Answer) {
     let mut stream = TcpStream::connect(addr)
         .await
-        .unwrap_or_else(|e| panic!("{request}: connect {addr}: {e}"));
-    stream
-        .write_all(head.as_bytes())
+        .unwrap_or_else(|e| panic!("{what}: connect {addr}: {e}"));
+    let _ = stream.write_all(bytes).await;
+    let answer = read_answer(&mut stream, what)
         .await
-        .unwrap_or_else(|e| panic!("{request}: write: {e}"));
-    read_answer(&mut stream, &request)
-        .await
-        .unwrap_or_else(|| panic!("{request}: the connection closed without an answer"))
+        .unwrap_or_else(|| panic!("{what}: the connection closed without an answer"));
+    (stream, answer)
 }
 
 /// Reads one answer from `stream`, which may carry more after it (keep-alive): up to the end of

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use e2e_tests::http::send_raw;
 use e2e_tests::{Gateway, bearer, human, raw_request, read_answer};
 use tokio::io::AsyncWriteExt;
 
@@ -194,11 +195,7 @@ async fn requests_pingora_cannot_parse_get_the_envelope() {
     for addr in [gw.api, gw.auth] {
         for head in heads {
             let what = format!("{addr}: {}", String::from_utf8_lossy(head).escape_debug());
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.write_all(head).await.unwrap();
-            let answer = read_answer(&mut stream, &what)
-                .await
-                .unwrap_or_else(|| panic!("{what}: no answer"));
+            let (_, answer) = send_raw(addr, head, &what).await;
             answer.assert_error(400, "validation/invalid_request");
             assert_eq!(answer.header("server"), None, "{what}: {answer}");
             assert_eq!(
@@ -233,11 +230,7 @@ async fn requests_pingora_cannot_parse_get_the_envelope() {
 async fn connect_is_refused_with_the_envelope() {
     let gw = gw();
     let head = b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n";
-    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
-    stream.write_all(head).await.unwrap();
-    let answer = read_answer(&mut stream, "CONNECT")
-        .await
-        .expect("an answer to CONNECT");
+    let (_, answer) = send_raw(gw.api, head, "CONNECT").await;
     answer.assert_error(405, "validation/method_not_allowed");
     assert_eq!(answer.header("server"), None, "{answer}");
     assert_eq!(answer.header("connection"), Some("close"), "{answer}");
@@ -250,11 +243,7 @@ async fn connect_is_refused_with_the_envelope() {
 async fn double_framing_closes_the_connection() {
     let gw = gw();
     let head = b"POST /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
-    stream.write_all(head).await.unwrap();
-    let answer = read_answer(&mut stream, "TE + CL")
-        .await
-        .expect("an answer to TE + CL");
+    let (mut stream, answer) = send_raw(gw.api, head, "TE + CL").await;
     answer.assert_error(401, "auth/invalid_token");
     assert_eq!(answer.header("connection"), Some("close"), "{answer}");
     // Nothing more: the smuggled request got no answer of its own.
@@ -264,8 +253,6 @@ async fn double_framing_closes_the_connection() {
 /// The envelope's `path` for a raw `<` in the query: the request's path.
 async fn answer_path(gw: &Gateway) -> String {
     let head = b"GET /app/v1/workspaces/ws-demo/missions?q=<b> HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
-    stream.write_all(head).await.unwrap();
-    let answer = read_answer(&mut stream, "raw <").await.expect("an answer");
+    let (_, answer) = send_raw(gw.api, head, "raw <").await;
     answer.json().unwrap()["path"].as_str().unwrap().to_owned()
 }

@@ -197,13 +197,8 @@ async fn size_limits_answer_413_414_and_431() {
         (too_many, 431, "waf/headers_too_large"),
         (huge_header, 431, "waf/headers_too_large"),
     ] {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(gw.api).await.unwrap();
-        // pingora may answer before it read everything: a failed write is fine.
-        let _ = stream.write_all(head.as_bytes()).await;
-        let answer = e2e_tests::read_answer(&mut stream, &head[..40])
-            .await
-            .unwrap_or_else(|| panic!("{}: no answer", &head[..40]));
+        // pingora may answer before it read everything: send_raw takes a cut-short write.
+        let (_, answer) = e2e_tests::http::send_raw(gw.api, head.as_bytes(), &head[..40]).await;
         answer.assert_error(status, code);
         assert_eq!(answer.header("server"), None, "{answer}");
     }
