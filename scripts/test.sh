@@ -50,6 +50,15 @@ done
 export CEDARGATE_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$moto_port"
 echo "==> moto_server on $CEDARGATE_TEST_DYNAMODB_ENDPOINT"
 
+# CI builds once from a clean clone: incremental artifacts would only cost disk and time.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+# A clean debug build of every target takes a few GB; a full disk shows up as a linker crash
+# (SIGBUS), so say it before building.
+avail_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
+if [ "${avail_mb:-0}" -lt 6144 ]; then
+  echo "warning: only ${avail_mb} MB free on $(df -P . | awk 'NR == 2 {print $6}'); a clean build needs ~4 GB"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
