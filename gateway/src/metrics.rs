@@ -85,13 +85,43 @@ pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
          directory, client_credentials: issued M2M tokens) and result (hit, miss)",
         &["cache", "result"],
     );
-    for cache in ["token", "decision", "delegation", "client_credentials"] {
+    for cache in CACHES {
         for result in ["hit", "miss"] {
             let _ = c.with_label_values(&[cache, result]);
         }
     }
     c
 });
+
+/// The caches' hit ratios since start, computed from `CACHE` at each scrape (for dashboards
+/// and alerts that read a ratio without a PromQL division; 0 before a cache's first lookup).
+pub static CACHE_HIT_RATIO: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    let g = prometheus::GaugeVec::new(
+        Opts::new(
+            "cedargate_cache_hit_ratio",
+            "Share of cache lookups that hit since start, by cache (token, decision, delegation, \
+             client_credentials); 0 before the first lookup",
+        ),
+        &["cache"],
+    )
+    .expect("valid metric");
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
+});
+
+/// The caches whose lookups are counted from the start.
+const CACHES: [&str; 4] = ["token", "decision", "delegation", "client_credentials"];
+
+/// Set every cache's hit ratio from its lookup counters.
+fn refresh_hit_ratios() {
+    for cache in CACHES {
+        let hits = CACHE.with_label_values(&[cache, "hit"]).get() as f64;
+        let misses = CACHE.with_label_values(&[cache, "miss"]).get() as f64;
+        let total = hits + misses;
+        let ratio = if total > 0.0 { hits / total } else { 0.0 };
+        CACHE_HIT_RATIO.with_label_values(&[cache]).set(ratio);
+    }
+}
 
 /// Requests the backend could not answer, by pingora's error type (ConnectRefused,
 /// ConnectTimedout, ReadTimedout, ConnectionClosed, ...).
@@ -342,7 +372,7 @@ pub fn upstream_error(kind: &'static str) {
 pub fn cache_lookup(cache: &str, hit: bool) {
     /// The known caches' series, resolved once (lookups happen several times per request).
     static KNOWN: LazyLock<[(&str, [IntCounter; 2]); 4]> = LazyLock::new(|| {
-        ["token", "decision", "delegation", "client_credentials"].map(|c| {
+        CACHES.map(|c| {
             (
                 c,
                 [
@@ -551,6 +581,7 @@ pub fn render() -> String {
     LazyLock::force(&RATELIMIT_EVICTIONS);
     LazyLock::force(&IP_LIST_RELOADS);
     LazyLock::force(&TLS_RELOADS);
+    refresh_hit_ratios();
     process::refresh();
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);

@@ -60,6 +60,24 @@ async fn request_decision_stage_and_cache_metrics_move() {
     assert!(value(&after, token_hits) - value(&before, token_hits) >= 3.0);
     let decision_hits = "cedargate_cache_lookups_total{cache=\"decision\",result=\"hit\"}";
     assert!(value(&after, decision_hits) - value(&before, decision_hits) >= 2.0);
+    // The ready-made ratios agree with the counters (one miss, then hits: strictly between).
+    for cache in ["token", "decision"] {
+        let count = |result: &str| {
+            let series =
+                format!("cedargate_cache_lookups_total{{cache=\"{cache}\",result=\"{result}\"}}");
+            value(&after, &series)
+        };
+        let expected = count("hit") / (count("hit") + count("miss"));
+        let ratio = value(
+            &after,
+            &format!("cedargate_cache_hit_ratio{{cache=\"{cache}\"}}"),
+        );
+        assert!(ratio > 0.0 && ratio < 1.0, "{cache} ratio {ratio}");
+        assert!(
+            (ratio - expected).abs() < 1e-9,
+            "{cache}: {ratio} vs {expected}"
+        );
+    }
     // Raw paths and ids never become label values.
     assert!(!after.contains("ws-demo"), "raw path in a label");
     // Process metrics, conventional names.
