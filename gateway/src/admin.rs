@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 
 use crate::authn::Verifier;
 use crate::authz::Authorizer;
@@ -21,6 +23,25 @@ pub struct Admin {
     pub waf: Arc<crate::waf::Waf>,
     /// The TLS listeners' certificates (set once every listener is configured).
     pub certs: Arc<std::sync::OnceLock<Arc<Vec<Arc<crate::tls::ReloadingCert>>>>>,
+}
+
+/// An error answer's body: the envelope's `code`, `message` and `status`, with `extra` fields.
+fn failure(status: u16, code: &str, message: &str, extra: serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::json!({"code": code, "message": message, "status": status});
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    json(status, body)
+}
+
+/// 500 for a reload task that did not finish (it panicked).
+fn reload_failed() -> Response<Vec<u8>> {
+    failure(
+        500,
+        "server/internal",
+        "reload failed",
+        serde_json::Value::Null,
+    )
 }
 
 fn json(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
@@ -80,26 +101,20 @@ impl Admin {
                 200,
                 serde_json::json!({"status": "reloaded", "version": version}),
             ),
-            Ok(Err(errors)) => json(
+            Ok(Err(errors)) => failure(
                 422,
+                "validation/invalid_policies",
+                "the new policy set is invalid; the last good set keeps serving",
                 serde_json::json!({
-                    "code": "validation/invalid_policies",
-                    "message": "the new policy set is invalid; the last good set keeps serving",
-                    "status": 422,
                     "errors": errors,
                     "activeVersion": self.authorizer.current().version,
                 }),
             ),
-            Err(_) => json(
-                500,
-                serde_json::json!({"code": "server/internal", "message": "reload failed", "status": 500}),
-            ),
+            Err(_) => reload_failed(),
         }
     }
-}
 
-#[async_trait]
-impl ServeHttp for Admin {
+    /// The answer to one admin request (its head read, its body, if any, not).
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
@@ -113,14 +128,13 @@ impl ServeHttp for Admin {
                         200,
                         serde_json::json!({"status": "reloaded", "allowRanges": allow, "denyRanges": deny}),
                     ),
-                    Ok(Err(e)) => json(
+                    Ok(Err(e)) => failure(
                         422,
-                        serde_json::json!({"code": "validation/invalid_ip_list", "message": e, "status": 422}),
+                        "validation/invalid_ip_list",
+                        &e,
+                        serde_json::Value::Null,
                     ),
-                    Err(_) => json(
-                        500,
-                        serde_json::json!({"code": "server/internal", "message": "reload failed", "status": 500}),
-                    ),
+                    Err(_) => reload_failed(),
                 }
             }
             "/admin/tls/reload" if session.req_header().method == http::Method::POST => {
@@ -138,14 +152,13 @@ impl ServeHttp for Admin {
                         200,
                         serde_json::json!({"status": "reloaded", "certificates": n}),
                     ),
-                    Ok(Err(e)) => json(
+                    Ok(Err(e)) => failure(
                         422,
-                        serde_json::json!({"code": "validation/invalid_certificate", "message": e, "status": 422}),
+                        "validation/invalid_certificate",
+                        &e,
+                        serde_json::Value::Null,
                     ),
-                    Err(_) => json(
-                        500,
-                        serde_json::json!({"code": "server/internal", "message": "reload failed", "status": 500}),
-                    ),
+                    Err(_) => reload_failed(),
                 }
             }
             "/admin/policies/reload" if session.req_header().method == http::Method::POST => {
@@ -161,10 +174,90 @@ impl ServeHttp for Admin {
                     .body(text.into_bytes())
                     .unwrap_or_default()
             }
-            _ => json(
+            "/admin/waf/reload" | "/admin/tls/reload" | "/admin/policies/reload" => {
+                let mut answer = failure(
+                    405,
+                    "validation/method_not_allowed",
+                    "this admin endpoint takes POST",
+                    serde_json::Value::Null,
+                );
+                answer
+                    .headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                answer
+            }
+            _ => failure(
                 404,
-                serde_json::json!({"code": "resource/not_found", "message": "no such admin endpoint", "status": 404}),
+                "resource/not_found",
+                "no such admin endpoint",
+                serde_json::Value::Null,
             ),
         }
+    }
+}
+
+/// One admin request per call, as pingora's `ServeHttp` apps are served, but a head pingora
+/// cannot parse is answered (with its canned 400, which `front::Restyled` turns into the
+/// envelope, or 414/431 by the head's size) instead of the connection closing without a word;
+/// every answer carries an `X-Request-Id`, and error bodies are the envelope (`requestId`,
+/// `timestamp` and `path` added here).
+#[async_trait]
+impl HttpServerApp for Admin {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype, pingora::ErrorType::InvalidHTTPHeader) {
+                    let _ = http.respond_error(400).await;
+                }
+                return None;
+            }
+        }
+        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let request_id = crate::request_id::accept_or_generate(
+            http.req_header()
+                .headers
+                .get(crate::request_id::HEADER)
+                .map(|v| v.as_bytes()),
+        );
+        let answer = self.response(&mut http).await;
+        let (parts, mut body) = answer.into_parts();
+        if parts.status.as_u16() >= 400 {
+            body = enveloped(body, &request_id, http.req_header().uri.path());
+        }
+        let mut header: ResponseHeader = parts.into();
+        let _ = header.insert_header(crate::request_id::HEADER, &request_id);
+        let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+        if http.write_response_header(Box::new(header)).await.is_err() {
+            return None;
+        }
+        if !body.is_empty() && http.write_response_body(body.into(), true).await.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// An error body completed into the gateway's envelope: the request's id, the time and the
+/// path added to its `code`, `message` and `status` (a body that is not a JSON object is left
+/// as it is).
+fn enveloped(body: Vec<u8>, request_id: &str, path: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("requestId".into(), request_id.into());
+            fields.insert("timestamp".into(), crate::error::now_rfc3339().into());
+            fields.insert("path".into(), path.into());
+            serde_json::to_vec(&fields).unwrap_or(body)
+        }
+        _ => body,
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use e2e_tests::http::send_raw;
+use e2e_tests::http::{client, send, send_raw};
 use e2e_tests::{Gateway, bearer, human, raw_request, read_answer};
 use tokio::io::AsyncWriteExt;
 
@@ -181,7 +181,7 @@ async fn unknown_routes_are_404_not_found() {
 
 /// Requests pingora itself cannot parse get the gateway's envelope (400
 /// `validation/invalid_request`, request id, security headers, `Connection: close`), not
-/// pingora's bare 400 with `Server: Pingora`, on the api and the auth listener; the same
+/// pingora's bare 400 with `Server: Pingora`, on the api, auth and admin listeners; the same
 /// connection handling serves well-formed requests unchanged, kept alive.
 #[tokio::test]
 async fn requests_pingora_cannot_parse_get_the_envelope() {
@@ -192,7 +192,7 @@ async fn requests_pingora_cannot_parse_get_the_envelope() {
         b"GET /app/v1/workspaces/ws-demo/missions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
         b"GARBAGE\r\n\r\n",
     ];
-    for addr in [gw.api, gw.auth] {
+    for addr in [gw.api, gw.auth, gw.admin] {
         for head in heads {
             let what = format!("{addr}: {}", String::from_utf8_lossy(head).escape_debug());
             let (_, answer) = send_raw(addr, head, &what).await;
@@ -255,4 +255,37 @@ async fn answer_path(gw: &Gateway) -> String {
     let head = b"GET /app/v1/workspaces/ws-demo/missions?q=<b> HTTP/1.1\r\nHost: x\r\n\r\n";
     let (_, answer) = send_raw(gw.api, head, "raw <").await;
     answer.json().unwrap()["path"].as_str().unwrap().to_owned()
+}
+
+/// The admin listener's own refusals are the envelope too, with the request id in the body and
+/// in `X-Request-Id` (a well-formed inbound id kept); a reload endpoint asked with GET is a 405
+/// naming POST, not a 404.
+#[tokio::test]
+async fn admin_errors_are_the_envelope() {
+    let gw = gw();
+    let c = client();
+    let missing = send(&c, "GET", &gw.admin_url("/nope"), &[], None).await;
+    missing.assert_error(404, "resource/not_found");
+    let body = missing.json().unwrap();
+    assert_eq!(
+        missing.header("x-request-id"),
+        body["requestId"].as_str(),
+        "{missing}"
+    );
+    assert_eq!(body["path"], "/nope");
+    for path in [
+        "/admin/policies/reload",
+        "/admin/waf/reload",
+        "/admin/tls/reload",
+    ] {
+        let rid = [("x-request-id".to_owned(), "admin-check-1".to_owned())];
+        let answer = send(&c, "GET", &gw.admin_url(path), &rid, None).await;
+        answer.assert_error(405, "validation/method_not_allowed");
+        assert_eq!(answer.header("allow"), Some("POST"), "{answer}");
+        assert_eq!(answer.json().unwrap()["requestId"], "admin-check-1");
+        assert_eq!(answer.header("x-request-id"), Some("admin-check-1"));
+    }
+    let healthy = send(&c, "GET", &gw.admin_url("/healthz"), &[], None).await;
+    healthy.assert_status(200);
+    assert!(healthy.header("x-request-id").is_some(), "{healthy}");
 }
