@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +29,19 @@ struct Common {
     /// Data directory (keys, embedded stores).
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
+}
+
+impl Common {
+    /// The config file; without `--config`, where `config/cedargate.toml` does not exist, the
+    /// embedded default (its policy pack in `<data-dir>/policies`, see `config::embedded`).
+    /// `true` with it: the embedded one.
+    fn load_config(&self) -> anyhow::Result<(Config, bool)> {
+        if self.config == Path::new(DEFAULT_CONFIG) && !self.config.exists() {
+            crate::serve::prepare_data_dir(&self.data_dir)?;
+            return Ok((crate::config::embedded::load(&self.data_dir)?, true));
+        }
+        Ok((Config::load(&self.config)?, false))
+    }
 }
 
 #[derive(Subcommand)]
@@ -165,8 +178,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             policies,
             upgrade,
         } => {
-            let config = Config::load(&common.config)?;
+            let (config, embedded) = common.load_config()?;
             init_logging(&config.log_level)?;
+            if embedded {
+                tracing::info!(
+                    policies = %config.policies_dir.display(),
+                    "no {DEFAULT_CONFIG} in the working directory: running with the embedded default config"
+                );
+            }
             serve::run(
                 config,
                 common.data_dir,
@@ -201,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ttl,
                 },
         } => {
-            let config = Config::load(&common.config)?;
+            let (config, _) = common.load_config()?;
             let claims: serde_json::Value = serde_json::from_str(&claims)
                 .map_err(|e| anyhow::anyhow!("--claims is not valid JSON: {e}"))?;
             let serde_json::Value::Object(claims) = claims else {

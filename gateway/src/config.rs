@@ -11,6 +11,7 @@ use serde::Deserialize;
 use token_proxy::{ClientConfig, IssuerConfig};
 
 mod auth;
+pub mod embedded;
 mod env;
 mod limits;
 

@@ -286,6 +286,21 @@ impl Gateway {
 
     /// Like [`Gateway::start_with`], with the failure (and the logs) as `Err`.
     pub fn try_start_with(config: &Path, extra_args: &[&str]) -> Result<Gateway, String> {
+        Gateway::launch(Some(config), None, extra_args)
+    }
+
+    /// Starts `serve` without `--config`, in the working directory `cwd` (its data dir
+    /// elsewhere), as an installed binary runs; `token mint` is then given the repository's
+    /// default config, the same text the binary embeds.
+    pub fn start_without_config(cwd: &Path) -> Gateway {
+        Gateway::launch(None, Some(cwd), &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn launch(
+        config: Option<&Path>,
+        cwd: Option<&Path>,
+        extra_args: &[&str],
+    ) -> Result<Gateway, String> {
         let bin = binary();
         sweep_stale_data_dirs();
         let data_dir = tempfile::Builder::new()
@@ -297,14 +312,20 @@ impl Gateway {
             .map_err(|e| format!("log file: {e}"))?;
         let stderr = File::create(data_dir.path().join("serve.stderr.log"))
             .map_err(|e| format!("log file: {e}"))?;
-        let mut child = Command::new("/bin/sh")
+        let mut command = Command::new("/bin/sh");
+        command
             .arg("-c")
             .arg(SUPERVISOR)
             .arg("cedargate-e2e-supervisor")
             .arg(&bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
+            .arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir.path())
             .arg("--api-addr")
@@ -324,7 +345,7 @@ impl Gateway {
             child,
             stdin,
             data_dir,
-            config: config.to_path_buf(),
+            config: config.map_or_else(default_config, Path::to_path_buf),
             api,
             auth,
             admin,

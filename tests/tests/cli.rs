@@ -169,3 +169,38 @@ async fn token_mint_fills_the_registered_claims() {
     let other = gw.mint(&with(&claims, "jti", json!("fixed-jti")), None);
     assert_eq!(jwt::payload(&other)["jti"], json!("fixed-jti"));
 }
+
+/// `serve` without `--config` where there is no `config/cedargate.toml` (an installed binary,
+/// another working directory) runs with the embedded defaults: the policy pack written into the
+/// data dir, tokens from the embedded issuer accepted and decided by it.
+#[tokio::test]
+async fn serve_runs_anywhere_with_the_embedded_defaults() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_without_config(cwd.path());
+    let c = client();
+    let member = gw.mint(&human("Member", "app"), None);
+    let missions = gw.api_url("/app/v1/workspaces/ws-demo/missions");
+    send(&c, "GET", &missions, &[e2e_tests::bearer(&member)], None)
+        .await
+        .assert_status(200);
+    // Decided by the pack: a Member may not list the dashboard's users.
+    let users = gw.api_url("/dashboard/v1/workspaces/ws-demo/users");
+    send(&c, "GET", &users, &[e2e_tests::bearer(&member)], None)
+        .await
+        .assert_error(403, "auth/insufficient_permissions");
+    let pack = gw.data_dir().join("policies");
+    for file in ["schema.cedarschema", "routes.toml", "roles.cedar"] {
+        assert!(
+            pack.join(file).is_file(),
+            "{file} not in {}",
+            pack.display()
+        );
+    }
+    assert!(
+        gw.logs().contains("embedded default config"),
+        "{}",
+        gw.logs()
+    );
+    // Nothing was written where it ran.
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+}
