@@ -51,7 +51,6 @@ fn json(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
         .header("content-type", "application/json")
         .header("content-length", body.len())
         .header("cache-control", "no-store")
-        .header("x-content-type-options", "nosniff")
         .body(body)
         .unwrap_or_default()
 }
@@ -169,7 +168,6 @@ impl Admin {
                 Response::builder()
                     .status(200)
                     .header("content-type", "text/plain; version=0.0.4")
-                    .header("x-content-type-options", "nosniff")
                     .header("content-length", text.len())
                     .body(text.into_bytes())
                     .unwrap_or_default()
@@ -199,8 +197,8 @@ impl Admin {
 /// One admin request per call, as pingora's `ServeHttp` apps are served, but a head pingora
 /// cannot parse is answered (with its canned 400, which `front::Restyled` turns into the
 /// envelope, or 414/431 by the head's size) instead of the connection closing without a word;
-/// every answer carries an `X-Request-Id`, and error bodies are the envelope (`requestId`,
-/// `timestamp` and `path` added here).
+/// every answer carries an `X-Request-Id` and the security headers, and error bodies are the
+/// envelope (`requestId`, `timestamp` and `path` added here).
 #[async_trait]
 impl HttpServerApp for Admin {
     async fn process_new_http(
@@ -231,7 +229,9 @@ impl HttpServerApp for Admin {
             body = enveloped(body, &request_id, http.req_header().uri.path());
         }
         let mut header: ResponseHeader = parts.into();
-        let _ = header.insert_header(crate::request_id::HEADER, &request_id);
+        // The request id and the security headers every listener's answers carry (HSTS too
+        // when a listener serves TLS).
+        let _ = crate::respond::decorate(&mut header, &request_id);
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         if http.write_response_header(Box::new(header)).await.is_err() {
             return None;

@@ -288,4 +288,10 @@ async fn admin_errors_are_the_envelope() {
     let healthy = send(&c, "GET", &gw.admin_url("/healthz"), &[], None).await;
     healthy.assert_status(200);
     assert!(healthy.header("x-request-id").is_some(), "{healthy}");
+    // The security headers of every listener, on success and error alike.
+    for answer in [&healthy, &missing] {
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(answer.header("x-frame-options"), Some("DENY"), "{answer}");
+        assert_eq!(answer.header("server"), None, "{answer}");
+    }
 }
