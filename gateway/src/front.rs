@@ -205,11 +205,15 @@ impl HeadWatch {
     }
 
     /// Bytes about to be written to the client: a final answer's head means the next bytes
-    /// read begin a new request (an interim `1xx`, e.g. `100 Continue`, does not).
+    /// read begin a new request (an interim `1xx`, e.g. `100 Continue`, does not), and ends
+    /// any deadline still armed: a request answered has arrived whole, so the deadline was
+    /// armed by bytes that were not a head (the body of a pipelined request whose head came
+    /// with the one before), and must not outlive its answer.
     fn written(&mut self, bytes: &[u8]) {
         let answer = bytes.starts_with(b"HTTP/1.1 ") || bytes.starts_with(b"HTTP/1.0 ");
         if answer && bytes.get(9) != Some(&b'1') {
             self.awaiting = true;
+            self.deadline = None;
             self.tail_len = 0;
             self.bytes = 0;
             self.lines = 0;
@@ -584,6 +588,26 @@ mod tests {
         watch.read(b"\n", &mut cx);
         assert!(!watch.awaiting && watch.deadline.is_none());
         assert!(!watch.expired(&mut cx));
+    }
+
+    /// Two pipelined requests read at once, the second's body after the first's answer: its
+    /// bytes arm the deadline (they look like a head), but its answer ends it, so the idle
+    /// keep-alive connection afterwards is not cut by a stale deadline.
+    #[tokio::test]
+    async fn a_final_answer_ends_a_deadline_armed_by_a_pipelined_body() {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut watch = HeadWatch::new(rules());
+        watch.read(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n",
+            &mut cx,
+        );
+        watch.written(b"HTTP/1.1 200 OK\r\n");
+        watch.read(b"{\"a\":1}\n", &mut cx);
+        assert!(watch.deadline.is_some());
+        watch.written(b"HTTP/1.1 201 Created\r\n");
+        assert!(watch.awaiting && watch.deadline.is_none());
+        assert_eq!((watch.bytes, watch.lines, watch.line_len), (0, 0, 0));
     }
 
     /// pingora's `400` for a head beyond its own limits is the `414`/`431` of the WAF's; any
