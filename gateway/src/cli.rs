@@ -23,24 +23,29 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Configuration file.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Configuration file [default: config/cedargate.toml; where that does not exist, the
+    /// copy compiled into the binary, with its policy pack in <DATA_DIR>/policies].
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Data directory (keys, embedded stores).
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
 }
 
 impl Common {
-    /// The config file; without `--config`, where `config/cedargate.toml` does not exist, the
+    /// `--config`; without it `config/cedargate.toml`, or where that does not exist the
     /// embedded default (its policy pack in `<data-dir>/policies`, see `config::embedded`).
     /// `true` with it: the embedded one.
     fn load_config(&self) -> anyhow::Result<(Config, bool)> {
-        if self.config == Path::new(DEFAULT_CONFIG) && !self.config.exists() {
-            crate::serve::prepare_data_dir(&self.data_dir)?;
-            return Ok((crate::config::embedded::load(&self.data_dir)?, true));
+        let default = Path::new(DEFAULT_CONFIG);
+        match &self.config {
+            Some(file) => Ok((Config::load(file)?, false)),
+            None if default.exists() => Ok((Config::load(default)?, false)),
+            None => {
+                crate::serve::prepare_data_dir(&self.data_dir)?;
+                Ok((crate::config::embedded::load(&self.data_dir)?, true))
+            }
         }
-        Ok((Config::load(&self.config)?, false))
     }
 }
 
@@ -230,7 +235,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let issuer = serve::open_issuer(&config, &common.data_dir)?.ok_or_else(|| {
                 anyhow::anyhow!(
                     "the embedded issuer is disabled in {}",
-                    common.config.display()
+                    common
+                        .config
+                        .as_deref()
+                        .unwrap_or(Path::new(DEFAULT_CONFIG))
+                        .display()
                 )
             })?;
             println!(

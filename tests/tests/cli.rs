@@ -86,16 +86,14 @@ fn config_check_fails_on_a_missing_file() {
     );
 }
 
-#[test]
-fn serve_refuses_a_config_with_an_unknown_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bad = config_with_unknown_key(&dir);
+/// `serve --config config` on free ports, which must stop by itself: its output.
+fn serve_expecting_a_stop(config: &std::path::Path, dir: &tempfile::TempDir) -> Output {
     let data = dir.path().join("data");
     let [api, auth, admin] = free_ports().map(|a| a.to_string());
     let args = [
         "serve",
         "--config",
-        bad.to_str().expect("UTF-8 path"),
+        config.to_str().expect("UTF-8 path"),
         "--data-dir",
         data.to_str().expect("UTF-8 path"),
         "--api-addr",
@@ -107,12 +105,21 @@ fn serve_refuses_a_config_with_an_unknown_key() {
     ];
     // A hang guard, not a timing assertion: a serve that starts anyway never exits.
     let out = run_cli(&args, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("serve did not stop on an unknown key: {e}"));
+        .unwrap_or_else(|e| panic!("serve did not stop with {}: {e}", config.display()));
     assert!(
         !out.status.success(),
-        "serve exited successfully with an unknown key:\n{}",
+        "serve exited successfully with {}:\n{}",
+        config.display(),
         printed(&out)
     );
+    out
+}
+
+#[test]
+fn serve_refuses_a_config_with_an_unknown_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = config_with_unknown_key(&dir);
+    let out = serve_expecting_a_stop(&bad, &dir);
     assert!(
         printed(&out).contains("bogus_key"),
         "the message should name bogus_key:\n{}",
@@ -203,4 +210,24 @@ async fn serve_runs_anywhere_with_the_embedded_defaults() {
     );
     // Nothing was written where it ran.
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+}
+
+/// A `--config` given is that file or nothing: missing, `serve` stops naming it (the embedded
+/// default stands in only when no `--config` is given).
+#[test]
+fn serve_refuses_a_missing_config_it_was_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The default's own relative name, absent from the test's working directory (the tests
+    // package): given explicitly, it is not replaced by the embedded copy.
+    let missing = std::path::Path::new("config/cedargate.toml");
+    assert!(
+        !missing.exists(),
+        "run from the tests package, not the root"
+    );
+    let out = serve_expecting_a_stop(missing, &dir);
+    assert!(
+        printed(&out).contains("cedargate.toml"),
+        "{}",
+        printed(&out)
+    );
 }
