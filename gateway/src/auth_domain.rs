@@ -57,12 +57,21 @@ pub struct AuthDomain {
     keepalive_seconds: u64,
 }
 
-/// Per-request context of the auth listener.
+/// Per-request context of the auth listener, and what its access line reports.
 pub struct AuthCtx {
     request_id: String,
+    started: Instant,
     client_ip: IpAddr,
     /// The client's standing in the WAF's IP lists (allow-listed: exempt from rate limits).
     reputation: Reputation,
+    /// The endpoint, as `get /.well-known/jwks.json`; `proxied` for the IdP's other paths.
+    route: &'static str,
+    /// The client id a token request claims (never its secret).
+    client_id: Option<String>,
+    /// The token cache's lookup (`l1_hit`, `miss`, ...) or `uncached`.
+    cache: &'static str,
+    /// The refusal's code: the envelope's, or the OAuth `error` of a token answer.
+    code: String,
 }
 
 /// Token cache events as Prometheus metrics.
@@ -119,17 +128,24 @@ fn oauth_error(status: u16, error: &str, description: &str) -> HttpAnswer {
     answer
 }
 
-/// A refused client authentication: 401, or `invalid_client` with another status (an
-/// upstream IdP may answer it with 400, as Cognito does).
-fn is_failed_client_authentication(answer: &HttpAnswer) -> bool {
+/// The OAuth `error` of a refusal (`invalid_client`, ...), when its body has one.
+fn oauth_error_code(answer: &HttpAnswer) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct OAuthErrorBody {
         error: Option<String>,
     }
-    answer.status == 401
-        || (answer.status >= 400
-            && serde_json::from_slice::<OAuthErrorBody>(&answer.body)
-                .is_ok_and(|b| b.error.as_deref() == Some("invalid_client")))
+    if answer.status < 400 {
+        return None;
+    }
+    serde_json::from_slice::<OAuthErrorBody>(&answer.body)
+        .ok()
+        .and_then(|b| b.error)
+}
+
+/// A refused client authentication: 401, or `invalid_client` with another status (an
+/// upstream IdP may answer it with 400, as Cognito does).
+fn is_failed_client_authentication(answer: &HttpAnswer) -> bool {
+    answer.status == 401 || oauth_error_code(answer).as_deref() == Some("invalid_client")
 }
 
 /// 429 while an address has used up its failed client authentications: the gateway's error
@@ -270,7 +286,7 @@ impl AuthDomain {
         &self,
         tokens: &TokenEndpoint,
         session: &mut Session,
-        ctx: &AuthCtx,
+        ctx: &mut AuthCtx,
     ) -> Result<HttpAnswer> {
         let (client_ip, request_id) = (ctx.client_ip, ctx.request_id.as_str());
         // Allow-listed addresses are exempt, as from the api listener's per-IP rule.
@@ -296,6 +312,7 @@ impl AuthDomain {
             query: req.uri.query().map(str::to_string),
             body,
         };
+        ctx.client_id = call.as_token_request().claimed_client_id();
         let outcome = tokens.token(call).await;
         if let Some(limiter) = limiter
             && is_failed_client_authentication(&outcome.answer)
@@ -303,6 +320,7 @@ impl AuthDomain {
             limiter.record_token_failure(client_ip);
         }
         let result = outcome.lookup.map_or("uncached", Lookup::as_str);
+        ctx.cache = result;
         metrics::token_request(result, outcome.answer.status);
         tracing::debug!(
             status = outcome.answer.status,
@@ -352,8 +370,13 @@ impl ProxyHttp for AuthDomain {
     fn new_ctx(&self) -> AuthCtx {
         AuthCtx {
             request_id: String::new(),
+            started: Instant::now(),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             reputation: Reputation::Neutral,
+            route: "unmatched",
+            client_id: None,
+            cache: "",
+            code: String::new(),
         }
     }
 
@@ -385,14 +408,24 @@ impl ProxyHttp for AuthDomain {
                 self.waf.inspect(req, None, &[], false, &sample)?;
                 Ok(reputation)
             });
+        let is_get = session.req_header().method == http::Method::GET;
+        ctx.route = match path.as_str() {
+            TOKEN_PATH if self.tokens.is_some() => "post /oauth2/token",
+            "/.well-known/jwks.json" if is_get => "get /.well-known/jwks.json",
+            "/.well-known/openid-configuration" if is_get => {
+                "get /.well-known/openid-configuration"
+            }
+            _ if self.upstream.is_some() => "proxied",
+            _ => "unmatched",
+        };
         match checked {
             Ok(reputation) => ctx.reputation = reputation,
             Err(refused) => {
+                ctx.code = refused.code().to_owned();
                 respond::error(session, &ctx.request_id, &path, &refused).await?;
                 return Ok(true);
             }
         }
-        let is_get = session.req_header().method == http::Method::GET;
         let answer = match (path.as_str(), &self.tokens) {
             (TOKEN_PATH, Some(tokens)) => self.token(tokens, session, ctx).await?,
             ("/.well-known/jwks.json", _) if is_get => self.jwks().await,
@@ -400,16 +433,15 @@ impl ProxyHttp for AuthDomain {
             // Upstream mode: everything else is the IdP's (pingora proxies it).
             _ if self.upstream.is_some() => return Ok(false),
             _ => {
-                respond::error(
-                    session,
-                    &ctx.request_id,
-                    &path,
-                    &GatewayError::RouteNotFound,
-                )
-                .await?;
+                let refused = GatewayError::RouteNotFound;
+                ctx.code = refused.code().to_owned();
+                respond::error(session, &ctx.request_id, &path, &refused).await?;
                 return Ok(true);
             }
         };
+        if let Some(code) = oauth_error_code(&answer) {
+            ctx.code = code;
+        }
         write_answer(session, answer, &ctx.request_id).await?;
         Ok(true)
     }
@@ -450,6 +482,26 @@ impl ProxyHttp for AuthDomain {
             upstream_request.set_uri(uri);
         }
         Ok(())
+    }
+
+    /// One access line per request, as the api listener writes (`listener: "auth"`; the
+    /// principal is the client id a token request claims, never its secret).
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut AuthCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        tracing::info!(
+            target: "access",
+            listener = "auth",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            route = ctx.route,
+            client_ip = %ctx.client_ip,
+            principal = %crate::audit::mask_email(ctx.client_id.as_deref().unwrap_or("")),
+            cache = ctx.cache,
+            code = %ctx.code,
+            status,
+            total_us = ctx.started.elapsed().as_micros() as u64,
+            "request"
+        );
     }
 }
 

@@ -250,3 +250,62 @@ async fn upstream_errors_are_counted() {
         }
     }
 }
+
+/// The auth listener writes access lines too: the token endpoint's (the client id as the
+/// principal, the cache's lookup, the OAuth error as the code; never the secret) and the
+/// discovery documents'.
+#[tokio::test]
+async fn the_auth_listener_writes_access_lines() {
+    use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
+    let gw = Gateway::start();
+    let token = |rid: &'static str, secret: &'static str| {
+        client()
+            .post(gw.auth_url("/oauth2/token"))
+            .header("x-request-id", rid)
+            .basic_auth(DEMO_CLIENT_ID, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=app%2Fread")
+            .send()
+    };
+    let wrong_secret = "not-the-secret-8f3a1c";
+    for (rid, secret, status) in [
+        ("auth-line-1", DEMO_CLIENT_SECRET, 200),
+        ("auth-line-2", DEMO_CLIENT_SECRET, 200),
+        ("auth-line-3", wrong_secret, 401),
+    ] {
+        let answer = token(rid, secret).await.expect("token request");
+        assert_eq!(answer.status().as_u16(), status, "{rid}");
+    }
+    let field = |rid: &str, key: &str| -> serde_json::Value {
+        let line = access_line(&gw, rid);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["fields"]["listener"], "auth", "{line}");
+        assert!(v["fields"]["total_us"].is_u64(), "{line}");
+        v["fields"][key].clone()
+    };
+    for rid in ["auth-line-1", "auth-line-2", "auth-line-3"] {
+        assert_eq!(field(rid, "route"), "post /oauth2/token");
+    }
+    assert_eq!(field("auth-line-1", "principal"), DEMO_CLIENT_ID);
+    assert_eq!(field("auth-line-1", "status"), 200);
+    assert_eq!(field("auth-line-2", "cache"), "l1_hit");
+    assert_eq!(field("auth-line-3", "status"), 401);
+    assert_eq!(field("auth-line-3", "code"), "invalid_client");
+    let logs = gw.logs();
+    for secret in [DEMO_CLIENT_SECRET, wrong_secret] {
+        assert!(
+            !logs.contains(secret),
+            "a client secret in the logs:\n{logs}"
+        );
+    }
+    let jwks = send(
+        &client(),
+        "GET",
+        &gw.auth_url("/.well-known/jwks.json"),
+        &[("x-request-id".into(), "auth-line-4".into())],
+        None,
+    )
+    .await;
+    jwks.assert_status(200);
+    assert_eq!(field("auth-line-4", "route"), "get /.well-known/jwks.json");
+}

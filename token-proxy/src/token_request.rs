@@ -36,6 +36,18 @@ impl fmt::Debug for TokenRequest<'_> {
     }
 }
 
+impl TokenRequest<'_> {
+    /// The client id the request claims (Basic credentials, else the form's `client_id`),
+    /// unchecked: for access logs, which name the caller but never its secret. `None` when
+    /// the request names no client or cannot be parsed.
+    pub fn claimed_client_id(&self) -> Option<String> {
+        match self.authorization {
+            Some(authorization) => parse_basic(authorization).ok().map(|(id, _)| id),
+            None => parse_params(self.body).ok()?.client_id.map(Cow::into_owned),
+        }
+    }
+}
+
 /// How the client authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AuthMethod {
@@ -264,6 +276,25 @@ mod tests {
 
     fn err(r: TokenRequest<'_>) -> OAuthError {
         parse(&r).expect_err("rejected")
+    }
+
+    #[test]
+    fn the_claimed_client_id_never_carries_the_secret() {
+        let auth = basic("partner-1:s3cret");
+        assert_eq!(
+            req(Some(&auth), "grant_type=client_credentials").claimed_client_id(),
+            Some("partner-1".to_owned())
+        );
+        let post = req(
+            None,
+            "grant_type=client_credentials&client_id=p2&client_secret=s3cret",
+        );
+        assert_eq!(post.claimed_client_id(), Some("p2".to_owned()));
+        assert_eq!(
+            req(None, "grant_type=client_credentials").claimed_client_id(),
+            None
+        );
+        assert_eq!(req(Some("Bearer x"), "").claimed_client_id(), None);
     }
 
     #[test]
