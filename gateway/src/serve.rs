@@ -198,9 +198,9 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
              the running process (restart instead)"
         );
     }
-    // pingora binds with SO_REUSEPORT, which would let a second instance share a port
-    // silently: a plain bind first fails loudly when the address is taken. An upgrade takes
-    // the running instance's sockets instead.
+    // pingora retries a taken address for 30 s (while the other listeners serve) before it
+    // gives up: a plain bind first fails at once, naming the address. An upgrade takes the
+    // running instance's sockets instead.
     let listeners = [
         ("api", config.listeners.api),
         ("auth", config.listeners.auth),

@@ -513,16 +513,29 @@ impl Drop for Gateway {
     }
 }
 
-/// Three distinct free loopback ports (bound together, then released).
+/// Three distinct free loopback ports (bound together, then released), never handed out
+/// before in this process: once released, the kernel may give a port to the next caller. Two
+/// gateways started side by side by parallel tests with one port in common both pass their
+/// start-up check (neither has bound yet); the later one's listener then retries its bind
+/// (pingora does so for 30 s) while its other listeners, and `/readyz`, are up, and the test's
+/// requests reach the other gateway.
 pub fn free_ports() -> [SocketAddr; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local_addr"))
-        .collect();
-    [addrs[0], addrs[1], addrs[2]]
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let listeners: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("local_addr"))
+            .collect();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if addrs.iter().any(|a| handed_out.contains(&a.port())) {
+            continue;
+        }
+        handed_out.extend(addrs.iter().map(SocketAddr::port));
+        return [addrs[0], addrs[1], addrs[2]];
+    }
 }
 
 /// The status of a plain `GET path` (blocking, used before any runtime exists).
