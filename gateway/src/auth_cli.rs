@@ -17,9 +17,10 @@ const RETIRE_GRACE: Duration = Duration::from_secs(300);
 /// Where the keys are.
 #[derive(Args)]
 pub struct KeyArgs {
-    /// Configuration file.
-    #[arg(long, default_value = crate::DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Configuration file [default: config/cedargate.toml; where that does not exist, the
+    /// copy compiled into the binary].
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Data directory (its `keys/` holds the signing keys).
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -49,11 +50,11 @@ pub enum DynamoDbCommand {
 /// Run a `keys` command against the data dir's key directory.
 pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let (KeysCommand::Rotate(args) | KeysCommand::List(args)) = &command;
-    let (config, data_dir) = (args.config.as_path(), args.data_dir.as_path());
-    let cfg = Config::load(config)?;
+    let data_dir = args.data_dir.as_path();
+    let (cfg, _) = crate::config::embedded::resolve(args.config.as_deref(), data_dir)?;
     serve::prepare_data_dir(data_dir)?;
     let issuer = serve::open_issuer(&cfg, data_dir)?.ok_or_else(|| {
-        anyhow::anyhow!("the embedded issuer is disabled in {}", config.display())
+        anyhow::anyhow!("the embedded issuer is disabled in the config")
     })?;
     match command {
         KeysCommand::List(_) => {

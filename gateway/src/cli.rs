@@ -33,19 +33,12 @@ struct Common {
 }
 
 impl Common {
-    /// `--config`; without it `config/cedargate.toml`, or where that does not exist the
-    /// embedded default (its policy pack in `<data-dir>/policies`, see `config::embedded`).
-    /// `true` with it: the embedded one.
+    /// `--config`, or the default (see `config::embedded::resolve`); `true`: the embedded one.
     fn load_config(&self) -> anyhow::Result<(Config, bool)> {
-        let default = Path::new(DEFAULT_CONFIG);
-        match &self.config {
-            Some(file) => Ok((Config::load(file)?, false)),
-            None if default.exists() => Ok((Config::load(default)?, false)),
-            None => {
-                crate::serve::prepare_data_dir(&self.data_dir)?;
-                Ok((crate::config::embedded::load(&self.data_dir)?, true))
-            }
-        }
+        Ok(crate::config::embedded::resolve(
+            self.config.as_deref(),
+            &self.data_dir,
+        )?)
     }
 }
 

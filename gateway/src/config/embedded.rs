@@ -30,6 +30,17 @@ const POLICIES: &[(&str, &str)] = &[
     ("m2m.cedar", include_str!("../../../policies/m2m.cedar")),
 ];
 
+/// The config of a command: `config` as given; without one `config/cedargate.toml`, or where
+/// that does not exist the embedded default ([`load`]). `true` with the embedded one.
+pub fn resolve(config: Option<&Path>, data_dir: &Path) -> Result<(Config, bool), ConfigError> {
+    let default = Path::new(crate::DEFAULT_CONFIG);
+    match config {
+        Some(file) => Ok((Config::load(file)?, false)),
+        None if default.exists() => Ok((Config::load(default)?, false)),
+        None => Ok((load(data_dir)?, true)),
+    }
+}
+
 /// The embedded config, its relative paths anchored in `data_dir` and its policies those of
 /// `<data_dir>/policies`, written there from the embedded pack if missing.
 pub fn load(data_dir: &Path) -> Result<Config, ConfigError> {
