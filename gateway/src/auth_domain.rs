@@ -41,6 +41,9 @@ const TOKEN_PATH: &str = "/oauth2/token";
 /// Largest token request body accepted.
 const MAX_TOKEN_BODY: usize = 16 * 1024;
 
+/// Longest client id written to an access line (in characters).
+const MAX_LOGGED_CLIENT_ID: usize = 128;
+
 /// How often the signing keys are re-read from the data dir (`cedargate keys rotate`).
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -312,7 +315,11 @@ impl AuthDomain {
             query: req.uri.query().map(str::to_string),
             body,
         };
-        ctx.client_id = call.as_token_request().claimed_client_id();
+        // Unauthenticated yet, so bounded: a claimed id is logged, not a client's essay.
+        ctx.client_id = call
+            .as_token_request()
+            .claimed_client_id()
+            .map(|id| id.chars().take(MAX_LOGGED_CLIENT_ID).collect());
         let outcome = tokens.token(call).await;
         if let Some(limiter) = limiter
             && is_failed_client_authentication(&outcome.answer)
