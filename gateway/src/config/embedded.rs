@@ -1,4 +1,4 @@
-//! The default config and policy pack, compiled in. `cedargate serve` (and `token mint`)
+//! The default config and policy pack, compiled in. `cedargate serve` (and `token mint`, `keys`)
 //! without `--config`, run where `config/cedargate.toml` does not exist — an installed binary,
 //! another working directory — runs with them: the config as shipped, and the policy pack
 //! written once into `<data-dir>/policies`, where the operator may edit it (it is watched and
