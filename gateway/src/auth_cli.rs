@@ -17,8 +17,7 @@ const RETIRE_GRACE: Duration = Duration::from_secs(300);
 /// Where the keys are.
 #[derive(Args)]
 pub struct KeyArgs {
-    /// Configuration file [default: config/cedargate.toml; where that does not exist, the
-    /// copy compiled into the binary].
+    /// Configuration file [default: config/cedargate.toml, or the built-in copy without it]
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (its `keys/` holds the signing keys).

@@ -23,8 +23,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Configuration file [default: config/cedargate.toml; where that does not exist, the
-    /// copy compiled into the binary, with its policy pack in <DATA_DIR>/policies].
+    /// Configuration file [default: config/cedargate.toml, or the built-in copy without it]
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (keys, embedded stores).
