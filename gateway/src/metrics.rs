@@ -123,6 +123,22 @@ fn refresh_hit_ratios() {
     }
 }
 
+/// The running build: always 1, its version as a label (dashboards join on it to tell which
+/// instances run which release).
+pub static BUILD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "cedargate_build_info",
+            "The running build (version), always 1",
+        ),
+        &["version"],
+    )
+    .expect("valid metric");
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    g
+});
+
 /// Requests the backend could not answer, by pingora's error type (ConnectRefused,
 /// ConnectTimedout, ReadTimedout, ConnectionClosed, ...).
 pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -564,6 +580,7 @@ mod process {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
+    LazyLock::force(&BUILD);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&LATENCY);
     LazyLock::force(&RELOADS);
@@ -600,6 +617,16 @@ mod tests {
             let series = format!("cedargate_stage_duration_seconds_count{{stage=\"{stage}\"}}");
             assert!(text.contains(&series), "{series} missing");
         }
+    }
+
+    #[test]
+    fn the_build_is_exposed() {
+        let text = super::render();
+        let series = format!(
+            "cedargate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&series), "{series} missing");
     }
 
     #[test]
