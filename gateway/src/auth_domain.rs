@@ -504,6 +504,8 @@ impl ProxyHttp for AuthDomain {
             client_ip = %ctx.client_ip,
             principal = %crate::audit::mask_email(ctx.client_id.as_deref().unwrap_or("")),
             cache = ctx.cache,
+            // As on the api listener: no policy decides here, a refusal is a rejection.
+            decision = if ctx.code.is_empty() { "none" } else { "reject" },
             code = %ctx.code,
             status,
             total_us = ctx.started.elapsed().as_micros() as u64,

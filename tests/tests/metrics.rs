@@ -291,6 +291,8 @@ async fn the_auth_listener_writes_access_lines() {
     assert_eq!(field("auth-line-2", "cache"), "l1_hit");
     assert_eq!(field("auth-line-3", "status"), 401);
     assert_eq!(field("auth-line-3", "code"), "invalid_client");
+    assert_eq!(field("auth-line-3", "decision"), "reject");
+    assert_eq!(field("auth-line-1", "decision"), "none");
     let logs = gw.logs();
     for secret in [DEMO_CLIENT_SECRET, wrong_secret] {
         assert!(
