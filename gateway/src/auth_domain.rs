@@ -215,7 +215,41 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>>
     Ok(Some(body.freeze()))
 }
 
+/// What the auth listener does with a request.
+enum Endpoint<'a> {
+    Token(&'a TokenEndpoint),
+    Jwks,
+    Discovery,
+    /// Upstream mode: the IdP's other paths, which pingora proxies.
+    Proxied,
+    Unmatched,
+}
+
+impl Endpoint<'_> {
+    /// The access line's `route`.
+    fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Token(_) => "post /oauth2/token",
+            Endpoint::Jwks => "get /.well-known/jwks.json",
+            Endpoint::Discovery => "get /.well-known/openid-configuration",
+            Endpoint::Proxied => "proxied",
+            Endpoint::Unmatched => "unmatched",
+        }
+    }
+}
+
 impl AuthDomain {
+    /// The endpoint of a request for `path` (`is_get`: its method is GET).
+    fn endpoint(&self, path: &str, is_get: bool) -> Endpoint<'_> {
+        match (path, &self.tokens) {
+            (TOKEN_PATH, Some(tokens)) => Endpoint::Token(tokens),
+            ("/.well-known/jwks.json", _) if is_get => Endpoint::Jwks,
+            ("/.well-known/openid-configuration", _) if is_get => Endpoint::Discovery,
+            _ if self.upstream.is_some() => Endpoint::Proxied,
+            _ => Endpoint::Unmatched,
+        }
+    }
+
     /// The auth domain of `config` (after command-line overrides), over the embedded
     /// `issuer` when there is one.
     pub fn new(
@@ -416,15 +450,8 @@ impl ProxyHttp for AuthDomain {
                 Ok(reputation)
             });
         let is_get = session.req_header().method == http::Method::GET;
-        ctx.route = match path.as_str() {
-            TOKEN_PATH if self.tokens.is_some() => "post /oauth2/token",
-            "/.well-known/jwks.json" if is_get => "get /.well-known/jwks.json",
-            "/.well-known/openid-configuration" if is_get => {
-                "get /.well-known/openid-configuration"
-            }
-            _ if self.upstream.is_some() => "proxied",
-            _ => "unmatched",
-        };
+        let endpoint = self.endpoint(&path, is_get);
+        ctx.route = endpoint.label();
         match checked {
             Ok(reputation) => ctx.reputation = reputation,
             Err(refused) => {
@@ -433,13 +460,12 @@ impl ProxyHttp for AuthDomain {
                 return Ok(true);
             }
         }
-        let answer = match (path.as_str(), &self.tokens) {
-            (TOKEN_PATH, Some(tokens)) => self.token(tokens, session, ctx).await?,
-            ("/.well-known/jwks.json", _) if is_get => self.jwks().await,
-            ("/.well-known/openid-configuration", _) if is_get => self.discovery().await,
-            // Upstream mode: everything else is the IdP's (pingora proxies it).
-            _ if self.upstream.is_some() => return Ok(false),
-            _ => {
+        let answer = match endpoint {
+            Endpoint::Token(tokens) => self.token(tokens, session, ctx).await?,
+            Endpoint::Jwks => self.jwks().await,
+            Endpoint::Discovery => self.discovery().await,
+            Endpoint::Proxied => return Ok(false),
+            Endpoint::Unmatched => {
                 let refused = GatewayError::RouteNotFound;
                 ctx.code = refused.code().to_owned();
                 respond::error(session, &ctx.request_id, &path, &refused).await?;

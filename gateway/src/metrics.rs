@@ -112,11 +112,24 @@ pub static CACHE_HIT_RATIO: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
 /// The caches whose lookups are counted from the start.
 const CACHES: [&str; 4] = ["token", "decision", "delegation", "client_credentials"];
 
+/// The known caches' lookup series (`[miss, hit]`), resolved once: lookups happen several
+/// times per request.
+static CACHE_SERIES: LazyLock<[(&str, [IntCounter; 2]); 4]> = LazyLock::new(|| {
+    CACHES.map(|c| {
+        (
+            c,
+            [
+                CACHE.with_label_values(&[c, "miss"]),
+                CACHE.with_label_values(&[c, "hit"]),
+            ],
+        )
+    })
+});
+
 /// Set every cache's hit ratio from its lookup counters.
 fn refresh_hit_ratios() {
-    for cache in CACHES {
-        let hits = CACHE.with_label_values(&[cache, "hit"]).get() as f64;
-        let misses = CACHE.with_label_values(&[cache, "miss"]).get() as f64;
+    for (cache, [misses, hits]) in CACHE_SERIES.iter() {
+        let (hits, misses) = (hits.get() as f64, misses.get() as f64);
         let total = hits + misses;
         let ratio = if total > 0.0 { hits / total } else { 0.0 };
         CACHE_HIT_RATIO.with_label_values(&[cache]).set(ratio);
@@ -386,19 +399,7 @@ pub fn upstream_error(kind: &'static str) {
 
 /// Count a cache lookup.
 pub fn cache_lookup(cache: &str, hit: bool) {
-    /// The known caches' series, resolved once (lookups happen several times per request).
-    static KNOWN: LazyLock<[(&str, [IntCounter; 2]); 4]> = LazyLock::new(|| {
-        CACHES.map(|c| {
-            (
-                c,
-                [
-                    CACHE.with_label_values(&[c, "miss"]),
-                    CACHE.with_label_values(&[c, "hit"]),
-                ],
-            )
-        })
-    });
-    match KNOWN.iter().find(|(name, _)| *name == cache) {
+    match CACHE_SERIES.iter().find(|(name, _)| *name == cache) {
         Some((_, series)) => series[usize::from(hit)].inc(),
         None => CACHE
             .with_label_values(&[cache, if hit { "hit" } else { "miss" }])
