@@ -304,7 +304,7 @@ pub struct ServerSettings {
     /// An idle keep-alive client connection (api and auth listeners) is closed after this
     /// long; 0: kept until the client closes it.
     pub keepalive_timeout_seconds: u64,
-    /// A request head (api and auth listeners) must arrive whole within this long of its first
+    /// A request head (on every listener) must arrive whole within this long of its first
     /// byte, or the connection is closed; 0: only pingora's per-read timeout (60 s) applies.
     pub request_head_timeout_seconds: u64,
 }
