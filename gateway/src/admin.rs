@@ -216,6 +216,8 @@ impl HttpServerApp for Admin {
                 return None;
             }
         }
+        // In progress (for a graceful shutdown) until its answer has gone out.
+        let _busy = crate::drain::Busy::new();
         http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let request_id = crate::request_id::accept_or_generate(
             http.req_header()

@@ -75,6 +75,8 @@ pub struct AuthCtx {
     cache: &'static str,
     /// The refusal's code: the envelope's, or the OAuth `error` of a token answer.
     code: String,
+    /// Counts the request as in progress until its access line is written (graceful shutdown).
+    _busy: crate::drain::Busy,
 }
 
 /// Token cache events as Prometheus metrics.
@@ -418,6 +420,7 @@ impl ProxyHttp for AuthDomain {
             client_id: None,
             cache: "",
             code: String::new(),
+            _busy: crate::drain::Busy::new(),
         }
     }
 

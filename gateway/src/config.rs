@@ -299,7 +299,11 @@ pub struct ServerSettings {
     /// Tokio work stealing between a listener's threads (pingora's `work_stealing`); off, each
     /// thread keeps the connections it accepted.
     pub work_stealing: bool,
+    /// SIGTERM: the listeners stop accepting and requests in flight get up to this long to
+    /// finish; the process exits as soon as none is left (`crate::drain`).
     pub grace_period_seconds: u64,
+    /// After the grace period: how long pingora's runtimes wait for blocking work (a client
+    /// secret check, ...) before the process exits.
     pub graceful_shutdown_timeout_seconds: u64,
     /// An idle keep-alive client connection (api and auth listeners) is closed after this
     /// long; 0: kept until the client closes it.

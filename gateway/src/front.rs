@@ -122,6 +122,9 @@ struct HeadWatch {
     lines: usize,
     line_len: usize,
     line_done: bool,
+    /// Held from a head's first bytes until its final answer is written: a request counts as
+    /// in progress (for a graceful shutdown) before its context exists.
+    busy: Option<crate::drain::Busy>,
 }
 
 impl HeadWatch {
@@ -136,6 +139,7 @@ impl HeadWatch {
             lines: 0,
             line_len: 0,
             line_done: false,
+            busy: None,
         }
     }
 
@@ -167,6 +171,9 @@ impl HeadWatch {
     fn read(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
         if !self.awaiting || bytes.is_empty() {
             return;
+        }
+        if self.busy.is_none() {
+            self.busy = Some(crate::drain::Busy::new());
         }
         self.bytes += bytes.len();
         self.lines += memchr::memchr_iter(b'\n', bytes).count();
@@ -219,6 +226,7 @@ impl HeadWatch {
             self.lines = 0;
             self.line_len = 0;
             self.line_done = false;
+            self.busy = None;
         }
     }
 }

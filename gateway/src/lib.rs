@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 mod cors;
 mod delegation;
+mod drain;
 mod error;
 mod forward;
 mod front;

@@ -102,6 +102,8 @@ pub struct RequestCtx {
     pub directory_change: Option<DirectoryChange>,
     /// The gateway answered `Expect: 100-continue` itself (the backend must not answer again).
     pub continued: bool,
+    /// Counts the request as in progress until its access line is written (graceful shutdown).
+    _busy: crate::drain::Busy,
 }
 
 impl RequestCtx {
@@ -134,6 +136,7 @@ impl RequestCtx {
             origin: None,
             directory_change: None,
             continued: false,
+            _busy: crate::drain::Busy::new(),
         }
     }
 }

@@ -436,8 +436,8 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     // allocator heap; hand it back before serving, so the idle process stays small.
     // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes no pointer.
     unsafe { libmimalloc_sys::mi_collect(true) };
+    crate::drain::exit_when_drained(server.watch_execution_phase());
     server.run(pingora::server::RunArgs::default());
-    // Lines queued during the last milliseconds of the drain.
-    crate::lines::flush_all();
-    std::process::exit(0)
+    // Lines queued during the last milliseconds of the drain are flushed on the way out.
+    crate::drain::exit(0)
 }
