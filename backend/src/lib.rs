@@ -72,11 +72,13 @@ pub enum Listen {
     Tcp(std::net::SocketAddr),
 }
 
-/// The running embedded backend; it serves for the rest of the process's life.
-#[derive(Debug)]
+/// The running embedded backend; it serves until [`BackendHandle::stop`] or the end of the
+/// process.
+#[derive(Debug, Clone)]
 pub struct BackendHandle {
     listen: Listen,
     serving: Arc<AtomicBool>,
+    drain: server::Drain,
 }
 
 impl BackendHandle {
@@ -89,23 +91,48 @@ impl BackendHandle {
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
+
+    /// Stop accepting connections (a unix socket's path is removed) and close each open one
+    /// once its request in progress, if any, is answered.
+    pub fn stop(&self) {
+        self.drain.stop();
+    }
+
+    /// Connections still open (after [`BackendHandle::stop`]: those finishing a request).
+    pub fn connections(&self) -> usize {
+        self.drain.connections()
+    }
 }
 
 /// Open (and on first start seed) the store, bind the listener, and serve on a thread of its own
 /// with a two-worker tokio runtime. Errors are returned before anything is served.
 pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
+    spawn_with(cfg, false)
+}
+
+/// [`spawn`] for a graceful upgrade's new process: an embedded store still held by the old
+/// process (released once its backend has stopped and drained, [`BackendHandle::stop`], or when
+/// that process exits) and a unix socket it still listens on are waited for, so this blocks
+/// until then.
+pub fn take_over(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
+    spawn_with(cfg, true)
+}
+
+fn spawn_with(cfg: BackendConfig, wait_for_store: bool) -> Result<BackendHandle, BackendError> {
     if cfg.assertion_key.len() < MIN_ASSERTION_KEY_BYTES {
         return Err(BackendError::WeakKey(MIN_ASSERTION_KEY_BYTES));
     }
     let mut create = None;
     let (store, seed_at_start): (Arc<dyn Store>, bool) = match cfg.store {
-        StoreChoice::Embedded => (
-            Arc::new(EmbeddedStore::open(
-                &cfg.data_dir.join("backend"),
-                seed::demo,
-            )?),
-            false,
-        ),
+        StoreChoice::Embedded => {
+            let dir = cfg.data_dir.join("backend");
+            let store = if wait_for_store {
+                EmbeddedStore::open_when_free(&dir, seed::demo)?
+            } else {
+                EmbeddedStore::open(&dir, seed::demo)?
+            };
+            (Arc::new(store), false)
+        }
         StoreChoice::DynamoDb {
             client,
             table,
@@ -120,12 +147,21 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
     let app = Arc::new(
         App::new(store.clone(), &cfg.assertion_key).with_idempotency_ttl(cfg.idempotency_ttl),
     );
-    let (listener, listen) = server::bind(&cfg.listen)?;
+    let (listener, listen) = if wait_for_store {
+        server::bind_when_free(&cfg.listen)?
+    } else {
+        server::bind(&cfg.listen)?
+    };
     // The seeding of a remote store runs on the backend's runtime; its outcome comes back here.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
 
     let serving = Arc::new(AtomicBool::new(false));
     let flag = serving.clone();
+    let drain = server::Drain::new(match &listen {
+        Listen::Unix(path) => Some(path.clone()),
+        Listen::Tcp(_) => None,
+    });
+    let stop = drain.clone();
     std::thread::Builder::new()
         .name("cedargate-backend".into())
         .spawn(move || {
@@ -161,7 +197,7 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
                 match listener.into_tokio() {
                     Ok(listener) => {
                         flag.store(true, Ordering::Release);
-                        serve(listener, app).await;
+                        server::serve_until(listener, app, stop).await;
                     }
                     Err(e) => tracing::error!(error = %e, "backend listener failed"),
                 }
@@ -177,7 +213,11 @@ pub fn spawn(cfg: BackendConfig) -> Result<BackendHandle, BackendError> {
             )));
         }
     }
-    Ok(BackendHandle { listen, serving })
+    Ok(BackendHandle {
+        listen,
+        serving,
+        drain,
+    })
 }
 
 struct ServingGuard(Arc<AtomicBool>);

@@ -3,8 +3,9 @@
 
 use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,6 +125,22 @@ pub(crate) fn bind(listen: &Listen) -> Result<(StdListener, Listen), BackendErro
     }
 }
 
+/// Why a unix socket path is refused while another server listens on it.
+const SOCKET_IN_USE: &str = "another server is listening on it";
+
+/// [`bind`], waiting while another server listens on the unix socket path (a graceful
+/// upgrade's old process, until its backend stops).
+pub(crate) fn bind_when_free(listen: &Listen) -> Result<(StdListener, Listen), BackendError> {
+    loop {
+        match bind(listen) {
+            Err(BackendError::SocketPath(_, why)) if why == SOCKET_IN_USE => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            bound => return bound,
+        }
+    }
+}
+
 /// Remove a socket left by an earlier run; refuse a live socket or a file that is no socket.
 fn remove_stale_socket(path: &Path) -> Result<(), BackendError> {
     let shown = || path.display().to_string();
@@ -137,9 +154,9 @@ fn remove_stale_socket(path: &Path) -> Result<(), BackendError> {
             shown(),
             "exists and is not a socket",
         )),
-        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => Err(
-            BackendError::SocketPath(shown(), "another server is listening on it"),
-        ),
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            Err(BackendError::SocketPath(shown(), SOCKET_IN_USE))
+        }
         Ok(_) => std::fs::remove_file(path).map_err(|source| BackendError::Bind {
             what: shown(),
             source,
@@ -149,19 +166,85 @@ fn remove_stale_socket(path: &Path) -> Result<(), BackendError> {
 
 /// Serve HTTP/1.1 on `listener` until the runtime stops; accept errors are logged and retried.
 pub async fn serve(listener: impl Into<Listener>, app: Arc<App>) {
+    serve_until(listener, app, Drain::new(None)).await;
+}
+
+/// What a stop of the backend is told through, and how many connections are still open.
+#[derive(Debug, Clone)]
+pub(crate) struct Drain(Arc<DrainState>);
+
+#[derive(Debug)]
+struct DrainState {
+    stop: tokio::sync::watch::Sender<bool>,
+    open: AtomicUsize,
+    /// A unix socket's path, removed once the listener is closed.
+    path: Option<PathBuf>,
+}
+
+impl Drain {
+    pub(crate) fn new(path: Option<PathBuf>) -> Drain {
+        Drain(Arc::new(DrainState {
+            stop: tokio::sync::watch::Sender::new(false),
+            open: AtomicUsize::new(0),
+            path,
+        }))
+    }
+
+    pub(crate) fn stop(&self) {
+        self.0.stop.send_replace(true);
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a stop has been asked for (at once if it already has).
+    async fn stopped(&self) {
+        let mut rx = self.0.stop.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// One open connection, counted for as long as it lives.
+struct Open(Drain);
+
+impl Open {
+    fn new(drain: &Drain) -> Open {
+        drain.0.open.fetch_add(1, Ordering::AcqRel);
+        Open(drain.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// [`serve`] until `drain` is stopped: then the listener is closed (a unix socket's path
+/// removed) and each connection closes once its request in progress is answered.
+pub(crate) async fn serve_until(listener: impl Into<Listener>, app: Arc<App>, drain: Drain) {
     let listener = listener.into();
+    let stopped = drain.stopped();
+    tokio::pin!(stopped);
     loop {
-        let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            accepted = async {
+                match &listener {
+                    Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+                    Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+                }
+            } => accepted,
         };
         match accepted {
             Ok(Conn::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(connection(s, app.clone()));
+                tokio::spawn(connection(s, app.clone(), Open::new(&drain)));
             }
             Ok(Conn::Unix(s)) => {
-                tokio::spawn(connection(s, app.clone()));
+                tokio::spawn(connection(s, app.clone(), Open::new(&drain)));
             }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -170,6 +253,11 @@ pub async fn serve(listener: impl Into<Listener>, app: Arc<App>) {
             }
         }
     }
+    drop(listener);
+    if let Some(path) = &drain.0.path {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("backend stopped accepting connections");
 }
 
 enum Conn {
@@ -177,7 +265,7 @@ enum Conn {
     Unix(tokio::net::UnixStream),
 }
 
-async fn connection<S>(stream: S, app: Arc<App>)
+async fn connection<S>(stream: S, app: Arc<App>, open: Open)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -185,11 +273,20 @@ where
         let app = app.clone();
         async move { Ok::<_, Infallible>(handle(&app, req).await) }
     });
-    let served = http1::Builder::new()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopped = open.0.stopped();
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = stopped => {
+            // Answer the request in progress, if any, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(error = %e, "backend connection ended with an error");
     }

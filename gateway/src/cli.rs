@@ -60,7 +60,8 @@ enum Command {
         #[arg(long)]
         policies: Option<PathBuf>,
         /// Take over the listening sockets of a running instance (pingora graceful upgrade):
-        /// start this, then send SIGQUIT to the old process. Needs an external backend.
+        /// start this, then send SIGQUIT to the old process (the embedded backend and its
+        /// store are taken over once the old process has drained).
         #[arg(long)]
         upgrade: bool,
     },

@@ -85,7 +85,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Enveloped<A> {
         self.app.process_new(restyled, shutdown).await
     }
 
+    /// At a graceful shutdown, once the listener has stopped accepting: pingora closes the
+    /// keep-alive connections waiting for their next request here. They stay open for
+    /// [`crate::drain::KEEPALIVE_LINGER`] first, so a client already sending on one gets its
+    /// answer (with `Connection: close`) instead of a connection closed under it.
     async fn cleanup(&self) {
+        tokio::time::sleep(crate::drain::KEEPALIVE_LINGER).await;
         self.app.cleanup().await;
     }
 }

@@ -57,6 +57,8 @@ pub struct Gateway {
     pub limiter: Option<Arc<RateLimiter>>,
     /// `[server] keepalive_timeout_seconds`.
     pub keepalive_seconds: u64,
+    /// Whether the embedded backend serves yet (a graceful upgrade's hand-over).
+    pub backend: Arc<crate::drain::Backend>,
 }
 
 /// Per-request context: what each stage learned, recorded once in `logging`.
@@ -102,6 +104,8 @@ pub struct RequestCtx {
     pub directory_change: Option<DirectoryChange>,
     /// The gateway answered `Expect: 100-continue` itself (the backend must not answer again).
     pub continued: bool,
+    /// Its connection to the embedded backend failed during a hand-over (it waits once).
+    pub awaiting_backend: bool,
     /// Counts the request as in progress until its access line is written (graceful shutdown).
     _busy: crate::drain::Busy,
 }
@@ -136,6 +140,7 @@ impl RequestCtx {
             origin: None,
             directory_change: None,
             continued: false,
+            awaiting_backend: false,
             _busy: crate::drain::Busy::new(),
         }
     }
@@ -479,13 +484,63 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.awaiting_backend && !self.backend.wait_ready().await {
+            return Err(Error::explain(
+                ErrorType::ConnectRefused,
+                "the embedded backend was not handed over in time",
+            ));
+        }
         let peer = match &self.upstream {
             Upstream::Unix(path) => HttpPeer::new_uds(path, false, String::new())?,
             Upstream::Tcp(addr) => HttpPeer::new(*addr, false, String::new()),
         };
         Ok(Box::new(peer))
+    }
+
+    /// pingora's policy (retry an idempotent request after a failure on a reused connection),
+    /// plus, during a graceful upgrade's hand-over, any request the previous instance's backend
+    /// provably never read: it closes its idle connections when it stops, and one picked from
+    /// the pool just then fails on the write (the peer is gone) or is reset with the request
+    /// unread. A backend that read a request answers it before it stops.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else if session.req_header().method.is_idempotent() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            let unread = matches!(e.etype(), ErrorType::WriteError)
+                || e.root_cause()
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset);
+            e.set_retry(client_reused && unread && !self.backend.is_ready());
+        }
+        e
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // A graceful upgrade's hand-over: the previous instance's backend has stopped and this
+        // one's is not serving yet. The request waits for it (`upstream_peer`), once.
+        if !self.backend.is_ready() && !ctx.awaiting_backend {
+            ctx.awaiting_backend = true;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

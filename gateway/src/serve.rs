@@ -91,6 +91,28 @@ fn jwt_self_test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Start the embedded backend of a graceful upgrade's new process: on a thread of its own, it
+/// waits for the running instance to release the store (when it exits), then serves.
+fn take_over_backend(
+    config: backend::BackendConfig,
+    slot: Arc<crate::drain::Backend>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("backend-take-over".into())
+        .spawn(move || match backend::take_over(config) {
+            Ok(handle) => {
+                tracing::info!("embedded backend taken over from the previous instance");
+                slot.serving(handle);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "embedded backend: taking it over failed; requests needing it fail"
+            ),
+        })
+        .map_err(|e| anyhow::anyhow!("embedded backend: {e}"))?;
+    Ok(())
+}
+
 /// Hands memory freed while the process is otherwise idle back to the OS. mimalloc returns
 /// freed memory after a delay (1 s), but only when an allocation or a collection in some
 /// thread gets to it: without this, an idle gateway kept e.g. the 19 MiB of an argon2id
@@ -192,12 +214,6 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     if let Some(p) = overrides.policies_dir {
         config.policies_dir = p;
     }
-    if overrides.upgrade && matches!(config.backend, BackendTarget::Embedded { .. }) {
-        anyhow::bail!(
-            "--upgrade needs [backend] mode = \"external\": the embedded backend's store is held by \
-             the running process (restart instead)"
-        );
-    }
     // pingora retries a taken address for 30 s (while the other listeners serve) before it
     // gives up: a plain bind first fails at once, naming the address. An upgrade takes the
     // running instance's sockets instead.
@@ -243,6 +259,11 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
 
     let secret = forward::load_or_create_secret(&data_dir)
         .map_err(|e| anyhow::anyhow!("assertion key in {}: {e}", data_dir.display()))?;
+    // An external backend serves from the start; the embedded one once it has been spawned.
+    let embedded_backend = Arc::new(crate::drain::Backend::new(matches!(
+        config.backend,
+        BackendTarget::External { .. }
+    )));
     let upstream = match &config.backend {
         BackendTarget::Embedded {
             socket,
@@ -254,7 +275,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             } else {
                 data_dir.join(socket)
             };
-            backend::spawn(backend::BackendConfig {
+            let backend_config = backend::BackendConfig {
                 data_dir: data_dir.clone(),
                 listen: backend::Listen::Unix(path.clone()),
                 assertion_key: secret.clone(),
@@ -271,8 +292,16 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
                     }
                 },
                 idempotency_ttl: *idempotency_ttl,
-            })
-            .map_err(|e| anyhow::anyhow!("embedded backend: {e}"))?;
+            };
+            if overrides.upgrade {
+                // The running instance's backend holds the store and serves on the socket
+                // until it has drained; this one starts when that process has exited.
+                take_over_backend(backend_config, embedded_backend.clone())?;
+            } else {
+                let handle = backend::spawn(backend_config)
+                    .map_err(|e| anyhow::anyhow!("embedded backend: {e}"))?;
+                embedded_backend.serving(handle);
+            }
             Upstream::Unix(path.to_string_lossy().into_owned())
         }
         BackendTarget::External { address } => Upstream::Tcp(*address),
@@ -334,6 +363,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         )?,
         limiter: limiter.clone(),
         keepalive_seconds: config.server.keepalive_timeout_seconds,
+        backend: embedded_backend.clone(),
     };
     if !config.pipeline {
         tracing::warn!(
@@ -436,7 +466,11 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     // allocator heap; hand it back before serving, so the idle process stays small.
     // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes no pointer.
     unsafe { libmimalloc_sys::mi_collect(true) };
-    crate::drain::exit_when_drained(server.watch_execution_phase());
+    crate::drain::exit_when_drained(
+        server.watch_execution_phase(),
+        embedded_backend,
+        Duration::from_secs(config.server.grace_period_seconds),
+    );
     server.run(pingora::server::RunArgs::default());
     // Lines queued during the last milliseconds of the drain are flushed on the way out.
     crate::drain::exit(0)

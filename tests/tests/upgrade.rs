@@ -1,13 +1,17 @@
 //! pingora's graceful upgrade: a new `serve --upgrade` takes the running instance's listening
-//! sockets when the old one gets SIGQUIT, and no request fails during the hand-over.
+//! sockets when the old one gets SIGQUIT, and no request fails during the hand-over — with an
+//! external backend, and with the embedded one, whose store the new process takes over when the
+//! old one has drained and exited (writes during the hand-over are neither lost nor doubled).
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::claims::human;
+use e2e_tests::claims::{human, m2m};
 use e2e_tests::echo::{echo_backend, external_backend_config_text};
-use e2e_tests::gateway::{Gateway, binary, write_config};
+use e2e_tests::gateway::{Gateway, binary, test_config, write_config};
 use e2e_tests::http::{bearer, client, send};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_new_process_takes_over_without_dropping_requests() {
@@ -25,66 +29,152 @@ async fn a_new_process_takes_over_without_dropping_requests() {
     send(&c, "GET", &url, &[bearer(&token)], None)
         .await
         .assert_status(200);
-    let old_pid: i32 = std::fs::read_to_string(old.data_dir().join("cedargate.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
 
-    // The new process waits for the sockets on the data dir's upgrade socket.
-    let log = std::fs::File::create(dir.path().join("new.log")).unwrap();
-    let mut new = Command::new(binary())
-        .args(["serve", "--upgrade", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(old.data_dir())
-        .args(["--api-addr", &old.api.to_string()])
-        .args(["--auth-addr", &old.auth.to_string()])
-        .args(["--admin-addr", &old.admin.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        new.try_wait().unwrap().is_none(),
-        "the new process exited early"
-    );
-    let status = Command::new("kill")
-        .args(["-QUIT", &old_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    // Traffic throughout the hand-over and the old process's drain: every request answered.
-    let started = Instant::now();
+    let upgrade = Upgrade::start(&old, &config, dir.path());
     let mut sent = 0;
-    let mut old_gone = false;
-    let proc_path = format!("/proc/{old_pid}");
-    while started.elapsed() < Duration::from_secs(30) {
+    while !upgrade.old_gone() {
         let a = send(&c, "GET", &url, &[bearer(&token)], None).await;
         assert_eq!(a.status, 200, "request {sent} during the upgrade: {a}");
         sent += 1;
-        if !std::path::Path::new(&proc_path).exists()
-            || std::fs::read_to_string(format!("{proc_path}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-        {
-            old_gone = true;
-            break;
-        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(old_gone, "the old process did not exit after SIGQUIT");
     // Only the new process is left, and it serves.
     for _ in 0..5 {
         send(&c, "GET", &url, &[bearer(&token)], None)
             .await
             .assert_status(200);
     }
-    assert!(new.try_wait().unwrap().is_none(), "the new process stopped");
-    let _ = new.kill();
-    let _ = new.wait();
+    upgrade.finish();
     drop(old);
     eprintln!("{sent} requests answered during the upgrade");
+}
+
+#[tokio::test]
+async fn the_embedded_backend_is_handed_over_with_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Gateway::start_with(&test_config(), &[]);
+    let member = old.mint(&human("Member", "app"), None);
+    let machine = old.mint(&m2m("app/write"), None);
+    let c = client();
+    let me = old.api_url("/app/v1/workspaces/ws-demo/me");
+    let points = old.api_url("/app/v1/workspaces/ws-demo/points");
+    let balance = |answer: &e2e_tests::http::Answer| {
+        answer.assert_status(200);
+        answer.json().unwrap()["balance"].as_i64().unwrap()
+    };
+    let before = balance(&send(&c, "GET", &me, &[bearer(&member)], None).await);
+
+    let upgrade = Upgrade::start(&old, &test_config(), dir.path());
+    let mut awarded = 0;
+    let mut sent = 0;
+    while !upgrade.old_gone() {
+        let award = json!({"userId": "u-member", "points": 1, "reason": format!("upgrade {sent}")});
+        let a = send(&c, "POST", &points, &[bearer(&machine)], Some(&award)).await;
+        assert_eq!(a.status, 201, "award {sent} during the upgrade: {a}");
+        awarded += 1;
+        let a = send(&c, "GET", &me, &[bearer(&member)], None).await;
+        assert_eq!(a.status, 200, "read {sent} during the upgrade: {a}");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The new process serves from the store the old one wrote: every award counted once.
+    let after = balance(&send(&c, "GET", &me, &[bearer(&member)], None).await);
+    assert_eq!(
+        after,
+        before + awarded,
+        "{awarded} awards during the upgrade"
+    );
+    let a = send(
+        &c,
+        "POST",
+        &points,
+        &[bearer(&machine)],
+        Some(&json!({"userId": "u-member", "points": 1, "reason": "after"})),
+    )
+    .await;
+    a.assert_status(201);
+    let new_log = || std::fs::read_to_string(dir.path().join("new.log")).unwrap_or_default();
+    let waited = Instant::now();
+    while !new_log().contains("embedded backend taken over from the previous instance") {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the new process did not take the backend over:\n{}",
+            new_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upgrade.finish();
+    drop(old);
+    eprintln!("{sent} awards and reads answered during the upgrade");
+}
+
+/// A new `serve --upgrade` started beside `old` (same data dir and addresses), and the old
+/// process told to hand over (SIGQUIT).
+struct Upgrade {
+    new: Child,
+    old_pid: i32,
+    started: Instant,
+}
+
+impl Upgrade {
+    fn start(old: &Gateway, config: &Path, dir: &Path) -> Upgrade {
+        let old_pid: i32 = std::fs::read_to_string(old.data_dir().join("cedargate.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The new process waits for the sockets on the data dir's upgrade socket.
+        let log = std::fs::File::create(dir.join("new.log")).unwrap();
+        let mut new = Command::new(binary())
+            .args(["serve", "--upgrade", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(old.data_dir())
+            .args(["--api-addr", &old.api.to_string()])
+            .args(["--auth-addr", &old.auth.to_string()])
+            .args(["--admin-addr", &old.admin.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            new.try_wait().unwrap().is_none(),
+            "the new process exited early: {}",
+            std::fs::read_to_string(dir.join("new.log")).unwrap_or_default()
+        );
+        let status = Command::new("kill")
+            .args(["-QUIT", &old_pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Upgrade {
+            new,
+            old_pid,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the old process has exited (it must within 30 s of SIGQUIT).
+    fn old_gone(&self) -> bool {
+        assert!(
+            self.started.elapsed() < Duration::from_secs(30),
+            "the old process did not exit after SIGQUIT"
+        );
+        let proc_path = format!("/proc/{}", self.old_pid);
+        !Path::new(&proc_path).exists()
+            || std::fs::read_to_string(format!("{proc_path}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    }
+
+    /// The new process still serves; stop it.
+    fn finish(mut self) {
+        assert!(
+            self.new.try_wait().unwrap().is_none(),
+            "the new process stopped"
+        );
+        let _ = self.new.kill();
+        let _ = self.new.wait();
+    }
 }

@@ -96,9 +96,27 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     /// Open the store in `dir` (created 0700 if missing); a new store starts with `seed()`.
+    /// A store another process holds is refused ([`StoreError::Locked`]).
     pub fn open(
         dir: &Path,
         seed: impl FnOnce() -> Vec<Document>,
+    ) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(dir, seed, false)
+    }
+
+    /// [`EmbeddedStore::open`], but a store another process holds is waited for (a graceful
+    /// upgrade's new process takes the store over when the old one exits).
+    pub fn open_when_free(
+        dir: &Path,
+        seed: impl FnOnce() -> Vec<Document>,
+    ) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(dir, seed, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        seed: impl FnOnce() -> Vec<Document>,
+        wait: bool,
     ) -> Result<EmbeddedStore, StoreError> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -110,8 +128,12 @@ impl EmbeddedStore {
             .write(true)
             .mode(0o600)
             .open(dir.join(LOCK))?;
-        lock.try_lock()
-            .map_err(|_| StoreError::Locked(dir.display().to_string()))?;
+        if wait {
+            lock.lock()?;
+        } else {
+            lock.try_lock()
+                .map_err(|_| StoreError::Locked(dir.display().to_string()))?;
+        }
         let docs = match std::fs::read(dir.join(LOG)) {
             Ok(bytes) => replay(&bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
