@@ -168,12 +168,18 @@ impl Upgrade {
                 .is_ok_and(|s| s.contains(") Z "))
     }
 
-    /// The new process still serves; stop it.
+    /// The new process still serves (it is stopped on drop).
     fn finish(mut self) {
         assert!(
             self.new.try_wait().unwrap().is_none(),
             "the new process stopped"
         );
+    }
+}
+
+impl Drop for Upgrade {
+    /// Also when a test fails: no new process is left running.
+    fn drop(&mut self) {
         let _ = self.new.kill();
         let _ = self.new.wait();
     }
