@@ -16,9 +16,8 @@
 //! stops accepting, finishes the requests it has (a graceful upgrade's new process sends its
 //! requests here until then), and the process exits. Its store, held by one process at a time,
 //! is released with the backend's last connection, and the new process's backend opens it
-//! ([`backend::take_over`]); requests
-//! the new process could not hand to either backend in between wait for its own
-//! ([`Backend::wait_ready`]) instead of failing.
+//! ([`backend::take_over`]); requests the new process could not hand to either backend in
+//! between wait for its own ([`Backend::wait_ready`]) instead of failing.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

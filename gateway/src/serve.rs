@@ -92,7 +92,8 @@ fn jwt_self_test() -> anyhow::Result<()> {
 }
 
 /// Start the embedded backend of a graceful upgrade's new process: on a thread of its own, it
-/// waits for the running instance to release the store (when it exits), then serves.
+/// waits for the running instance's backend to release the store (once it has drained), then
+/// serves.
 fn take_over_backend(
     config: backend::BackendConfig,
     slot: Arc<crate::drain::Backend>,
@@ -295,7 +296,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
             };
             if overrides.upgrade {
                 // The running instance's backend holds the store and serves on the socket
-                // until it has drained; this one starts when that process has exited.
+                // until it has drained; this one starts then.
                 take_over_backend(backend_config, embedded_backend.clone())?;
             } else {
                 let handle = backend::spawn(backend_config)
