@@ -177,6 +177,8 @@ pub(crate) struct Drain(Arc<DrainState>);
 struct DrainState {
     stop: tokio::sync::watch::Sender<bool>,
     open: AtomicUsize,
+    /// Told when the last open connection closes.
+    closed: tokio::sync::Notify,
     /// A unix socket's path, removed once the listener is closed.
     path: Option<PathBuf>,
 }
@@ -186,6 +188,7 @@ impl Drain {
         Drain(Arc::new(DrainState {
             stop: tokio::sync::watch::Sender::new(false),
             open: AtomicUsize::new(0),
+            closed: tokio::sync::Notify::new(),
             path,
         }))
     }
@@ -217,12 +220,16 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.0.open.fetch_sub(1, Ordering::AcqRel);
+        if self.0.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A permit, so a waiter that has not started waiting yet still sees it.
+            self.0.0.closed.notify_one();
+        }
     }
 }
 
 /// [`serve`] until `drain` is stopped: then the listener is closed (a unix socket's path
-/// removed) and each connection closes once its request in progress is answered.
+/// removed), each connection closes once its request in progress is answered, and this
+/// returns when the last one has.
 pub(crate) async fn serve_until(listener: impl Into<Listener>, app: Arc<App>, drain: Drain) {
     let listener = listener.into();
     let stopped = drain.stopped();
@@ -258,6 +265,12 @@ pub(crate) async fn serve_until(listener: impl Into<Listener>, app: Arc<App>, dr
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("backend stopped accepting connections");
+    // The connections run on this runtime, which ends when this returns: each must first
+    // answer the request it has (a write cut off after its store call would be lost, or done
+    // twice when the gateway sends it again).
+    while drain.connections() > 0 {
+        drain.0.closed.notified().await;
+    }
 }
 
 enum Conn {

@@ -500,10 +500,11 @@ impl ProxyHttp for Gateway {
     }
 
     /// pingora's policy (retry an idempotent request after a failure on a reused connection),
-    /// plus, during a graceful upgrade's hand-over, any request the previous instance's backend
-    /// provably never read: it closes its idle connections when it stops, and one picked from
-    /// the pool just then fails on the write (the peer is gone) or is reset with the request
-    /// unread. A backend that read a request answers it before it stops.
+    /// plus, during a graceful upgrade's hand-over, a request the previous instance's backend
+    /// did not take: it closes its idle connections when it stops, and a request written on one
+    /// just then fails on the write, or finds the connection closed or reset before a byte of
+    /// answer. A backend that has read a request answers it before it stops (only a process
+    /// killed mid-request, past its grace period, breaks that).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -512,17 +513,22 @@ impl ProxyHttp for Gateway {
         _ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        let untaken = match e.etype() {
+            ErrorType::WriteError => true,
+            // pingora's read of the answer's head says how much it had (nothing else does).
+            ErrorType::ConnectionClosed | ErrorType::ReadError => e
+                .context
+                .as_ref()
+                .is_some_and(|c| c.as_str().ends_with("bytes already read: 0")),
+            _ => false,
+        };
         let mut e = e.more_context(format!("Peer: {peer}"));
         if session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
         } else if session.req_header().method.is_idempotent() {
             e.retry.decide_reuse(client_reused);
         } else {
-            let unread = matches!(e.etype(), ErrorType::WriteError)
-                || e.root_cause()
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset);
-            e.set_retry(client_reused && unread && !self.backend.is_ready());
+            e.set_retry(client_reused && untaken && !self.backend.is_ready());
         }
         e
     }

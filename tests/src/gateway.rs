@@ -101,6 +101,45 @@ pub fn unlimited_config_text() -> String {
     )
 }
 
+/// Where scripts/test.sh's DynamoDB-compatible server (moto) listens, for the tests that need it.
+pub const DYNAMODB_ENV: &str = "CEDARGATE_TEST_DYNAMODB_ENDPOINT";
+
+/// [`unlimited_config_text`] with `[backend] store = "dynamodb"` on `table` (created at start)
+/// of the server at [`DYNAMODB_ENV`]; `None` (the test is skipped, with a notice) when no such
+/// server is configured outside CI. Under CI=true, a missing server fails the test.
+pub fn dynamodb_backend_config_text(table: &str) -> Option<String> {
+    if std::env::var(DYNAMODB_ENV).map_or(true, |v| v.is_empty()) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{DYNAMODB_ENV} is not set under CI=true: scripts/test.sh starts moto");
+        }
+        eprintln!("NOTICE: DynamoDB backend test skipped: {DYNAMODB_ENV} is not set");
+        return None;
+    }
+    let replaced = unlimited_config_text()
+        .replace("store = \"embedded\"", "store = \"dynamodb\"")
+        .replace(
+            "create_tables_on_start = false",
+            "create_tables_on_start = true",
+        )
+        .replace(
+            "backend_table = \"cedargate-backend\"",
+            &format!("backend_table = \"{table}\""),
+        )
+        .replace(
+            "# endpoint = \"http://127.0.0.1:8000\"",
+            &format!("endpoint = \"${{{DYNAMODB_ENV}}}\""),
+        )
+        // Single-threaded moto queues racing tests' requests well past the default 1 s.
+        .replace("timeout_ms = 1000 ", "timeout_ms = 15000 ");
+    assert!(
+        replaced.contains("store = \"dynamodb\"")
+            && replaced.contains(table)
+            && replaced.contains("timeout_ms = 15000"),
+        "the default config changed shape"
+    );
+    Some(replaced)
+}
+
 /// `text` (a copy of the default config) with `[rate_limit.ip] limit = 100` raised to 10^9.
 pub fn raise_ip_limit(text: &str) -> String {
     set_in_section(text, "rate_limit.ip", "limit", "1000000000")

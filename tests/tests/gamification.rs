@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use e2e_tests::gateway::{process_dir, unlimited_config_text, write_config};
+use e2e_tests::gateway::{dynamodb_backend_config_text, process_dir, write_config};
 use e2e_tests::{Answer, Gateway, bearer, client, human, m2m, raw_request, send, with};
 use serde_json::{Value, json};
 
@@ -27,8 +27,6 @@ impl Refused for Answer {
 
 static EMBEDDED: OnceLock<Result<Gateway, String>> = OnceLock::new();
 static DYNAMO: OnceLock<Result<Gateway, String>> = OnceLock::new();
-const DYNAMODB_ENV: &str = "CEDARGATE_TEST_DYNAMODB_ENDPOINT";
-
 fn embedded() -> &'static Gateway {
     Gateway::shared(&EMBEDDED)
 }
@@ -36,40 +34,11 @@ fn embedded() -> &'static Gateway {
 /// The gateway with `[backend] store = "dynamodb"` on a fresh table, or `None` (skipped) when
 /// no DynamoDB-compatible server is configured outside CI.
 fn dynamo() -> Option<&'static Gateway> {
-    if std::env::var(DYNAMODB_ENV).map_or(true, |v| v.is_empty()) {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{DYNAMODB_ENV} is not set under CI=true: scripts/test.sh starts moto");
-        }
-        eprintln!("NOTICE: DynamoDB backend tests skipped: {DYNAMODB_ENV} is not set");
-        return None;
-    }
+    let table = format!("cedargate-e2e-backend-{}-{}", std::process::id(), unique());
+    let text = dynamodb_backend_config_text(&table)?;
     let gw = DYNAMO.get_or_init(|| {
-        let table = format!("cedargate-e2e-backend-{}-{}", std::process::id(), unique());
-        let text = unlimited_config_text();
-        let replaced = text
-            .replace("store = \"embedded\"", "store = \"dynamodb\"")
-            .replace(
-                "create_tables_on_start = false",
-                "create_tables_on_start = true",
-            )
-            .replace(
-                "backend_table = \"cedargate-backend\"",
-                &format!("backend_table = \"{table}\""),
-            )
-            .replace(
-                "# endpoint = \"http://127.0.0.1:8000\"",
-                &format!("endpoint = \"${{{DYNAMODB_ENV}}}\""),
-            )
-            // Single-threaded moto queues the racing tests' requests well past the default 1 s.
-            .replace("timeout_ms = 1000 ", "timeout_ms = 15000 ");
-        assert!(
-            replaced.contains("store = \"dynamodb\"")
-                && replaced.contains(&table)
-                && replaced.contains("timeout_ms = 15000"),
-            "the default config changed shape"
-        );
         let dir = process_dir("ddb").map_err(|e| e.to_string())?;
-        let path = write_config(&dir, "backend-dynamodb.toml", &replaced);
+        let path = write_config(&dir, "backend-dynamodb.toml", &text);
         Gateway::try_start_with(&path, &[])
     });
     match gw {

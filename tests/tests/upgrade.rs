@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::claims::{human, m2m};
 use e2e_tests::echo::{echo_backend, external_backend_config_text};
-use e2e_tests::gateway::{Gateway, binary, test_config, write_config};
+use e2e_tests::gateway::{
+    Gateway, binary, dynamodb_backend_config_text, test_config, write_config,
+};
 use e2e_tests::http::{bearer, client, send};
 use serde_json::json;
 
@@ -51,8 +53,25 @@ async fn a_new_process_takes_over_without_dropping_requests() {
 
 #[tokio::test]
 async fn the_embedded_backend_is_handed_over_with_its_store() {
+    awards_through_a_hand_over(&test_config()).await;
+}
+
+#[tokio::test]
+async fn the_embedded_backend_on_dynamodb_is_handed_over() {
+    let table = format!("cedargate-e2e-upgrade-{}", std::process::id());
+    let Some(text) = dynamodb_backend_config_text(&table) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let old = Gateway::start_with(&test_config(), &[]);
+    awards_through_a_hand_over(&write_config(dir.path(), "cedargate.toml", &text)).await;
+}
+
+/// Point awards and reads, one after the other, through a graceful upgrade of a gateway on
+/// `config` (the embedded backend): every request answered, every award counted once, and the
+/// new process's backend serving at the end.
+async fn awards_through_a_hand_over(config: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Gateway::start_with(config, &[]);
     let member = old.mint(&human("Member", "app"), None);
     let machine = old.mint(&m2m("app/write"), None);
     let c = client();
@@ -64,7 +83,7 @@ async fn the_embedded_backend_is_handed_over_with_its_store() {
     };
     let before = balance(&send(&c, "GET", &me, &[bearer(&member)], None).await);
 
-    let upgrade = Upgrade::start(&old, &test_config(), dir.path());
+    let upgrade = Upgrade::start(&old, config, dir.path());
     let mut awarded = 0;
     let mut sent = 0;
     while !upgrade.old_gone() {
