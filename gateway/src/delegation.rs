@@ -88,13 +88,19 @@ pub struct Directory {
     client: reqwest::Client,
     base: String,
     signer: AssertionSigner,
+    /// Whether the embedded backend serves yet (a graceful upgrade's hand-over).
+    backend: Arc<crate::drain::Backend>,
     found: Cache<(String, String), Arc<DelegatedUser>>,
     absent: Cache<(String, String), ()>,
 }
 
 impl Directory {
     /// A directory client for the backend at `upstream`.
-    pub fn new(upstream: &Upstream, signer: AssertionSigner) -> anyhow::Result<Directory> {
+    pub fn new(
+        upstream: &Upstream,
+        signer: AssertionSigner,
+        backend: Arc<crate::drain::Backend>,
+    ) -> anyhow::Result<Directory> {
         let builder = reqwest::Client::builder()
             .no_proxy()
             .timeout(LOOKUP_TIMEOUT)
@@ -112,6 +118,7 @@ impl Directory {
             client,
             base,
             signer,
+            backend,
             found: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(POSITIVE_TTL)
@@ -206,18 +213,23 @@ impl Directory {
             .signer
             .sign(identity, None, "GET", &path, request_id)
             .ok_or(GatewayError::Internal)?;
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .header(backend::ASSERTION_HEADER, assertion)
-            .header(crate::request_id::HEADER, request_id)
-            .send()
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "the user directory is unreachable");
-                crate::metrics::upstream_error("DirectoryUnreachable");
-                GatewayError::UpstreamUnavailable
-            })?;
+        let send = || {
+            self.client
+                .get(format!("{}{path}", self.base))
+                .header(backend::ASSERTION_HEADER, &assertion)
+                .header(crate::request_id::HEADER, request_id)
+                .send()
+        };
+        let resp = match send().await {
+            // A graceful upgrade's hand-over: the backend is between processes.
+            Err(_) if !self.backend.is_ready() && self.backend.wait_ready().await => send().await,
+            sent => sent,
+        }
+        .map_err(|e| {
+            tracing::warn!(error = %e, "the user directory is unreachable");
+            crate::metrics::upstream_error("DirectoryUnreachable");
+            GatewayError::UpstreamUnavailable
+        })?;
         match resp.status().as_u16() {
             200 => resp.json::<DelegatedUser>().await.map(Some).map_err(|_| {
                 crate::metrics::upstream_error("DirectoryInvalidAnswer");

@@ -29,13 +29,28 @@ use tokio::sync::{broadcast, watch};
 /// Requests in progress on every listener.
 static IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
 
+/// Listeners whose connections pingora has not closed yet: once a graceful shutdown has
+/// closed them all, no new request can reach this process.
+static LISTENERS_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A listener was set up (its connections count until [`listener_closed`]).
+pub fn listener_opened() {
+    LISTENERS_OPEN.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A listener's connections waiting for a request have been closed (graceful shutdown).
+pub fn listener_closed() {
+    LISTENERS_OPEN.fetch_sub(1, Ordering::AcqRel);
+}
+
 /// How long keep-alive connections idle at a graceful shutdown stay open (pingora closes them
 /// at once): a client sending its next request on one meanwhile gets its answer, with
 /// `Connection: close`, instead of a connection closed under it.
 pub const KEEPALIVE_LINGER: Duration = Duration::from_secs(1);
 
 /// How long a graceful shutdown waits at least: the keep-alive linger, which also covers
-/// connections accepted just before the signal.
+/// connections accepted just before the signal (and the listeners must have closed their idle
+/// connections, [`listener_closed`]).
 const MINIMUM: Duration = KEEPALIVE_LINGER;
 
 /// How often the count is checked while draining; it must read zero twice in a row.
@@ -160,7 +175,9 @@ pub fn exit_when_drained(
             std::thread::sleep(MINIMUM);
             let mut idle_checks = 0;
             loop {
-                if in_progress() == 0 {
+                // Until every listener has closed its idle connections, a request may still
+                // arrive on one (and need the backend, which is stopped next).
+                if in_progress() == 0 && LISTENERS_OPEN.load(Ordering::Acquire) == 0 {
                     idle_checks += 1;
                 } else {
                     idle_checks = 0;

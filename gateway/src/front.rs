@@ -59,6 +59,7 @@ pub struct HeadRules {
 impl<A> Enveloped<A> {
     /// Wrap `app`; `counted`: its refusals count in `cedargate_requests_total`.
     pub fn new(app: A, counted: bool, rules: HeadRules) -> Enveloped<A> {
+        crate::drain::listener_opened();
         Enveloped {
             app: Arc::new(app),
             counted,
@@ -92,6 +93,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Enveloped<A> {
     async fn cleanup(&self) {
         tokio::time::sleep(crate::drain::KEEPALIVE_LINGER).await;
         self.app.cleanup().await;
+        crate::drain::listener_closed();
     }
 }
 

@@ -361,6 +361,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
         directory: crate::delegation::Directory::new(
             &upstream,
             AssertionSigner::new(&secret, config.assertion_ttl_seconds),
+            embedded_backend.clone(),
         )?,
         limiter: limiter.clone(),
         keepalive_seconds: config.server.keepalive_timeout_seconds,

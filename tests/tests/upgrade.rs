@@ -36,7 +36,7 @@ async fn a_new_process_takes_over_without_dropping_requests() {
     let mut sent = 0;
     while !upgrade.old_gone() {
         let a = send(&c, "GET", &url, &[bearer(&token)], None).await;
-        assert_eq!(a.status, 200, "request {sent} during the upgrade: {a}");
+        upgrade.expect(&a, 200, &old);
         sent += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -73,10 +73,11 @@ async fn awards_through_a_hand_over(config: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let old = Gateway::start_with(config, &[]);
     let member = old.mint(&human("Member", "app"), None);
-    let machine = old.mint(&m2m("app/write"), None);
+    let machine = old.mint(&m2m("app/read app/write"), None);
     let c = client();
     let me = old.api_url("/app/v1/workspaces/ws-demo/me");
     let points = old.api_url("/app/v1/workspaces/ws-demo/points");
+    let missions = old.api_url("/app/v1/workspaces/ws-demo/missions");
     let balance = |answer: &e2e_tests::http::Answer| {
         answer.assert_status(200);
         answer.json().unwrap()["balance"].as_i64().unwrap()
@@ -87,12 +88,16 @@ async fn awards_through_a_hand_over(config: &Path) {
     let mut awarded = 0;
     let mut sent = 0;
     while !upgrade.old_gone() {
+        // A user the directory has not seen: each one is looked up in the backend.
+        let ghost = ("x-user-id".to_owned(), format!("u-ghost-{sent}"));
+        let a = send(&c, "GET", &missions, &[bearer(&machine), ghost], None).await;
+        upgrade.expect(&a, 403, &old);
         let award = json!({"userId": "u-member", "points": 1, "reason": format!("upgrade {sent}")});
         let a = send(&c, "POST", &points, &[bearer(&machine)], Some(&award)).await;
-        assert_eq!(a.status, 201, "award {sent} during the upgrade: {a}");
+        upgrade.expect(&a, 201, &old);
         awarded += 1;
         let a = send(&c, "GET", &me, &[bearer(&member)], None).await;
-        assert_eq!(a.status, 200, "read {sent} during the upgrade: {a}");
+        upgrade.expect(&a, 200, &old);
         sent += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -131,6 +136,8 @@ async fn awards_through_a_hand_over(config: &Path) {
 /// process told to hand over (SIGQUIT).
 struct Upgrade {
     new: Child,
+    /// Where the new process's log is.
+    dir: std::path::PathBuf,
     old_pid: i32,
     started: Instant,
 }
@@ -170,9 +177,29 @@ impl Upgrade {
         assert!(status.success());
         Upgrade {
             new,
+            dir: dir.to_owned(),
             old_pid,
             started: Instant::now(),
         }
+    }
+
+    /// `answer`, during the upgrade, has `status`; if not, the failure shows both processes'
+    /// warnings and errors.
+    fn expect(&self, answer: &e2e_tests::http::Answer, status: u16, old: &Gateway) {
+        if answer.status == status {
+            return;
+        }
+        let new = std::fs::read_to_string(self.dir.join("new.log")).unwrap_or_default();
+        let logs = format!("{}\n--- new process\n{new}", old.logs());
+        let notable: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.starts_with("---") || l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+            .collect();
+        panic!(
+            "during the upgrade, {} s after SIGQUIT: {answer}\n{}",
+            self.started.elapsed().as_secs_f32(),
+            notable.join("\n")
+        );
     }
 
     /// Whether the old process has exited (it must within 30 s of SIGQUIT).
