@@ -1,0 +1,61 @@
+//! Memory the gateway hands back: a client-secret check (argon2id, 19 MiB by design) must not
+//! leave the process 19 MiB larger once answered (the allocator would keep it until its next
+//! purge; the idle RSS goal is ≤ 64 MB).
+
+use e2e_tests::gateway::Gateway;
+use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, client};
+
+/// The process's resident set, in KiB.
+fn rss_kib(gw: &Gateway) -> u64 {
+    let pid = std::fs::read_to_string(gw.data_dir().join("cedargate.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[tokio::test]
+async fn a_secret_check_leaves_no_resident_memory_behind() {
+    let gw = Gateway::start();
+    let token = || {
+        client()
+            .post(gw.auth_url("/oauth2/token"))
+            .basic_auth(DEMO_CLIENT_ID, Some(DEMO_CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=app%2Fread")
+            .send()
+    };
+    // A first request (no secret check) settles the listener's threads and buffers.
+    let jwks = client()
+        .get(gw.auth_url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+    let before = rss_kib(&gw);
+    assert_eq!(token().await.unwrap().status(), 200);
+    let grown = rss_kib(&gw).saturating_sub(before);
+    assert!(
+        grown < 10 * 1024,
+        "RSS grew by {grown} KiB after a token request (argon2 uses 19 MiB)"
+    );
+    // A wrong secret misses the token cache: a full argon2id check each time.
+    for _ in 0..3 {
+        let refused = client()
+            .post(gw.auth_url("/oauth2/token"))
+            .basic_auth(DEMO_CLIENT_ID, Some("not-the-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        let grown = rss_kib(&gw).saturating_sub(before);
+        assert!(
+            grown < 10 * 1024,
+            "RSS grew by {grown} KiB after a failed secret check (argon2 uses 19 MiB)"
+        );
+    }
+}
