@@ -465,6 +465,15 @@ impl Gateway {
         self.data_dir.path()
     }
 
+    /// The gateway process's id, from the pid file `serve` writes in its data dir (the child
+    /// this handle holds is the supervising shell).
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.data_dir().join("cedargate.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", self.data_dir().display()))
+    }
+
     /// The config file given to `serve` (and to `token mint`).
     pub fn config(&self) -> &Path {
         &self.config

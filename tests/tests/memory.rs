@@ -7,8 +7,7 @@ use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, client};
 
 /// The process's resident set, in KiB.
 fn rss_kib(gw: &Gateway) -> u64 {
-    let pid = std::fs::read_to_string(gw.data_dir().join("cedargate.pid")).unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -19,10 +18,10 @@ fn rss_kib(gw: &Gateway) -> u64 {
 #[tokio::test]
 async fn a_secret_check_leaves_no_resident_memory_behind() {
     let gw = Gateway::start();
-    let token = || {
+    let token = |secret: &'static str| {
         client()
             .post(gw.auth_url("/oauth2/token"))
-            .basic_auth(DEMO_CLIENT_ID, Some(DEMO_CLIENT_SECRET))
+            .basic_auth(DEMO_CLIENT_ID, Some(secret))
             .header("content-type", "application/x-www-form-urlencoded")
             .body("grant_type=client_credentials&scope=app%2Fread")
             .send()
@@ -35,7 +34,7 @@ async fn a_secret_check_leaves_no_resident_memory_behind() {
         .unwrap();
     assert_eq!(jwks.status(), 200);
     let before = rss_kib(&gw);
-    assert_eq!(token().await.unwrap().status(), 200);
+    assert_eq!(token(DEMO_CLIENT_SECRET).await.unwrap().status(), 200);
     let grown = rss_kib(&gw).saturating_sub(before);
     assert!(
         grown < 10 * 1024,
@@ -43,14 +42,7 @@ async fn a_secret_check_leaves_no_resident_memory_behind() {
     );
     // A wrong secret misses the token cache: a full argon2id check each time.
     for _ in 0..3 {
-        let refused = client()
-            .post(gw.auth_url("/oauth2/token"))
-            .basic_auth(DEMO_CLIENT_ID, Some("not-the-secret"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials")
-            .send()
-            .await
-            .unwrap();
+        let refused = token("not-the-secret").await.unwrap();
         assert_eq!(refused.status(), 401);
         let grown = rss_kib(&gw).saturating_sub(before);
         assert!(

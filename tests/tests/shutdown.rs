@@ -93,9 +93,8 @@ fn an_idle_gateway_exits_at_once_on_sigterm() {
 }
 
 fn terminate(gw: &Gateway) {
-    let pid = std::fs::read_to_string(gw.data_dir().join("cedargate.pid")).unwrap();
     let ok = std::process::Command::new("kill")
-        .args(["-TERM", pid.trim()])
+        .args(["-TERM", &gw.pid().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());

@@ -138,17 +138,13 @@ struct Upgrade {
     new: Child,
     /// Where the new process's log is.
     dir: std::path::PathBuf,
-    old_pid: i32,
+    old_pid: u32,
     started: Instant,
 }
 
 impl Upgrade {
     fn start(old: &Gateway, config: &Path, dir: &Path) -> Upgrade {
-        let old_pid: i32 = std::fs::read_to_string(old.data_dir().join("cedargate.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let old_pid = old.pid();
         // The new process waits for the sockets on the data dir's upgrade socket.
         let log = std::fs::File::create(dir.join("new.log")).unwrap();
         let mut new = Command::new(binary())
