@@ -298,6 +298,13 @@ pub fn ratelimit_rejection(rule: &str, action: &str) {
     RATELIMIT.with_label_values(&[rule, action]).inc();
 }
 
+/// Show a configured rate-limit rule's refusal series before its first refusal.
+pub fn ratelimit_rule(rule: &str, action: &str) {
+    LazyLock::force(&RATELIMIT)
+        .with_label_values(&[rule, action])
+        .inc_by(0);
+}
+
 /// Count forgotten rate-limit keys.
 pub fn ratelimit_evictions(rule: &str, n: u64) {
     RATELIMIT_EVICTIONS.with_label_values(&[rule]).inc_by(n);
@@ -501,8 +508,8 @@ fn method_label(m: &str) -> &'static str {
 /// time. Written here rather than through prometheus' `process` feature, which would pull a
 /// second `rustix` into the build.
 mod process {
-    use prometheus::{Gauge, IntGauge, Opts};
-    use std::sync::LazyLock;
+    use prometheus::{Counter, Gauge, IntGauge, Opts};
+    use std::sync::{LazyLock, Mutex};
 
     fn gauge(name: &str, help: &str) -> Gauge {
         let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
@@ -516,11 +523,15 @@ mod process {
         g
     }
 
-    static CPU: LazyLock<Gauge> = LazyLock::new(|| {
-        gauge(
+    /// A counter, as the convention has it: raised at each scrape by the CPU time used since.
+    static CPU: LazyLock<Counter> = LazyLock::new(|| {
+        let c = Counter::with_opts(Opts::new(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds",
-        )
+        ))
+        .expect("valid metric");
+        let _ = super::REGISTRY.register(Box::new(c.clone()));
+        c
     });
     static RSS: LazyLock<IntGauge> = LazyLock::new(|| {
         int_gauge(
@@ -536,6 +547,8 @@ mod process {
     });
     static FDS: LazyLock<IntGauge> =
         LazyLock::new(|| int_gauge("process_open_fds", "Number of open file descriptors"));
+    static MAX_FDS: LazyLock<IntGauge> =
+        LazyLock::new(|| int_gauge("process_max_fds", "Maximum number of open file descriptors"));
     static THREADS: LazyLock<IntGauge> =
         LazyLock::new(|| int_gauge("process_threads", "Number of OS threads in the process"));
     static START: LazyLock<Gauge> = LazyLock::new(|| {
@@ -549,8 +562,11 @@ mod process {
     const TICKS: f64 = 100.0;
     const PAGE: i64 = 4096;
 
-    /// Refresh every process gauge (a missing /proc leaves them as they were).
+    /// Refresh every process metric (a missing /proc leaves them as they were). Concurrent
+    /// scrapes take turns, so the CPU counter is raised once for each interval.
     pub fn refresh() {
+        static TURN: Mutex<()> = Mutex::new(());
+        let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             // Fields after the parenthesised command name (which may hold spaces).
             let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -558,7 +574,10 @@ mod process {
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
             // man 5 proc: utime 14, stime 15, num_threads 20, starttime 22, vsize 23, rss 24
             // (1-based, counting pid and comm); here 0-based after comm: minus 3.
-            CPU.set((num(11) + num(12)) / TICKS);
+            let used = (num(11) + num(12)) / TICKS;
+            if used > CPU.get() {
+                CPU.inc_by(used - CPU.get());
+            }
             THREADS.set(num(17) as i64);
             VSZ.set(num(20) as i64);
             RSS.set(num(21) as i64 * PAGE);
@@ -569,6 +588,20 @@ mod process {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             FDS.set(dir.count() as i64);
         }
+        if let Some(max) = max_fds() {
+            MAX_FDS.set(max);
+        }
+    }
+
+    /// The soft limit on open files ("Max open files  1024  4096  files"; "unlimited" is left out).
+    fn max_fds() -> Option<i64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     fn boot_time() -> Option<f64> {
@@ -631,22 +664,28 @@ mod tests {
     }
 
     #[test]
-    fn process_metrics_are_exposed() {
+    fn process_metrics_are_exposed_with_their_conventional_types() {
+        // Spend some CPU so that the counter has something to count.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
         let text = super::render();
-        for name in [
-            "process_cpu_seconds_total",
-            "process_resident_memory_bytes",
-            "process_open_fds",
-            "process_start_time_seconds",
+        for (name, kind) in [
+            ("process_cpu_seconds_total", "counter"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_open_fds", "gauge"),
+            ("process_max_fds", "gauge"),
+            ("process_start_time_seconds", "gauge"),
         ] {
+            let type_line = format!("# TYPE {name} {kind}");
+            assert!(text.contains(&type_line), "{type_line} missing");
             let line = text
                 .lines()
                 .find(|l| l.starts_with(name))
                 .unwrap_or_else(|| panic!("{name} missing"));
             let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-            if name != "process_cpu_seconds_total" {
-                assert!(value > 0.0, "{line}");
-            }
+            assert!(value > 0.0, "{line}");
         }
     }
 }

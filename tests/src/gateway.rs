@@ -494,6 +494,14 @@ impl Gateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The admin listener's `/metrics` text (see [`metric_value`]).
+    pub async fn metrics(&self) -> String {
+        let url = self.admin_url("/metrics");
+        crate::http::send(&crate::http::client(), "GET", &url, &[], None)
+            .await
+            .text()
+    }
+
     /// An access token from `cedargate token mint` for `claims` (cached per claims and ttl).
     ///
     /// `mint` fills `iss/iat/exp/jti/token_use` unless `claims` has them, so passing them makes
@@ -567,6 +575,15 @@ impl Drop for Gateway {
 /// start-up check (neither has bound yet); the later one's listener then retries its bind
 /// (pingora does so for 30 s) while its other listeners, and `/readyz`, are up, and the test's
 /// requests reach the other gateway.
+/// The sum of the values of every series in a `/metrics` text whose line starts with `series`
+/// (a name, or a name and the start of its labels); 0 when there is none.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn free_ports() -> [SocketAddr; 3] {
     static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {

@@ -10,5 +10,7 @@ pub mod http;
 pub mod jwt;
 
 pub use claims::{DEMO_WS, OTHER_WS, human, m2m, with, without};
-pub use gateway::{Gateway, binary, default_config, free_ports, run_cli, workspace_root};
+pub use gateway::{
+    Gateway, binary, default_config, free_ports, metric_value, run_cli, workspace_root,
+};
 pub use http::{Answer, bearer, client, client_credentials, raw_request, read_answer, send};

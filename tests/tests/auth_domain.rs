@@ -377,9 +377,9 @@ async fn failed_client_authentications_are_limited_per_address() {
     )
     .await
     .assert_status(200);
-    let metrics = send(&c, "GET", &gw.admin_url("/metrics"), &[], None).await;
+    let metrics = gw.metrics().await;
     assert!(
-        metrics.text().contains(
+        metrics.contains(
             "cedargate_ratelimit_rejections_total{action=\"block\",rule=\"token_failures\"} 2"
         ),
         "{metrics}"

@@ -4,25 +4,13 @@ use e2e_tests::claims::human;
 use e2e_tests::gateway::Gateway;
 use e2e_tests::http::{bearer, client, send};
 
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The admin listener's `/metrics` text.
-async fn scrape(gw: &Gateway) -> String {
-    send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
-        .await
-        .text()
-}
+use e2e_tests::gateway::metric_value as value;
 
 #[tokio::test]
 async fn request_decision_stage_and_cache_metrics_move() {
     let gw = Gateway::start();
     let c = client();
-    let before = scrape(&gw).await;
+    let before = gw.metrics().await;
     let member = gw.mint(&human("Member", "app"), None);
     let missions = gw.api_url("/app/v1/workspaces/ws-demo/missions");
     for _ in 0..3 {
@@ -39,7 +27,7 @@ async fn request_decision_stage_and_cache_metrics_move() {
     )
     .await
     .assert_error(403, "auth/insufficient_permissions");
-    let after = scrape(&gw).await;
+    let after = gw.metrics().await;
 
     let allowed = "cedargate_requests_total{decision=\"allow\",method=\"GET\",route=\"get /app/v1/workspaces/{workspaceId}/missions\",status=\"200\"}";
     assert_eq!(
@@ -88,6 +76,10 @@ async fn request_decision_stage_and_cache_metrics_move() {
     ] {
         assert!(value(&after, name) > 0.0, "{name} missing or zero");
     }
+    assert!(
+        after.contains("# TYPE process_cpu_seconds_total counter"),
+        "process_cpu_seconds_total is not a counter"
+    );
 }
 
 /// The access line of request `rid` (waiting up to 5 s for the log writer).
@@ -224,7 +216,7 @@ async fn upstream_errors_are_counted() {
         .replace("socket = \"backend.sock\"", "");
     let config = e2e_tests::gateway::write_config(dir.path(), "cedargate.toml", &text);
     let gw = Gateway::start_with(&config, &[]);
-    let before = scrape(&gw).await;
+    let before = gw.metrics().await;
     assert_eq!(value(&before, "cedargate_upstream_errors_total"), 0.0);
     let member = gw.mint(&human("Member", "app"), None);
     send(
@@ -236,7 +228,7 @@ async fn upstream_errors_are_counted() {
     )
     .await
     .assert_error(502, "server/upstream_unavailable");
-    let after = scrape(&gw).await;
+    let after = gw.metrics().await;
     assert!(
         value(&after, "cedargate_upstream_errors_total{kind=") >= 1.0,
         "{after}"

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e_tests::claims::{human, without};
-use e2e_tests::gateway::{Gateway, default_config, workspace_root};
+use e2e_tests::gateway::{Gateway, default_config, metric_value, workspace_root};
 use e2e_tests::http::{bearer, client, send};
 use serde_json::Value;
 
@@ -82,13 +82,7 @@ async fn admin_json(gw: &Gateway, method: &str, path: &str) -> (u16, Value) {
 }
 
 async fn metric(gw: &Gateway, prefix: &str) -> f64 {
-    let text = send(&client(), "GET", &gw.admin_url("/metrics"), &[], None)
-        .await
-        .text();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_value(&gw.metrics().await, prefix)
 }
 
 fn write(path: &Path, text: &str) {

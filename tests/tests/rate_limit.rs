@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use e2e_tests::claims::{human, m2m, with};
-use e2e_tests::gateway::{Gateway, raise_ip_limit, relocatable_config_text, write_config};
+use e2e_tests::gateway::{
+    Gateway, metric_value, raise_ip_limit, relocatable_config_text, write_config,
+};
 use e2e_tests::http::{Answer, bearer, client, send};
 use serde_json::json;
 
@@ -94,6 +96,14 @@ async fn the_limit_is_exact_under_concurrent_load() {
         &config_with(dir.path(), "limit = 50\nwindow_seconds = 120\n", ""),
         &[],
     );
+    // The configured rule's refusal series is there, at 0, before any refusal.
+    let before = gw.metrics().await;
+    assert!(
+        before
+            .lines()
+            .any(|l| l == "cedargate_ratelimit_rejections_total{action=\"block\",rule=\"ip\"} 0"),
+        "no zero series for the ip rule:\n{before}"
+    );
     let member = gw.mint(&human("Member", "app"), None);
     let c = client();
     let url = Arc::new(gw.api_url(MISSIONS));
@@ -121,12 +131,7 @@ async fn the_limit_is_exact_under_concurrent_load() {
     }
     assert_eq!(admitted, 50, "admitted {admitted}, limited {limited}");
     assert_eq!(limited, 16 * 15 - 50);
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .lines()
@@ -223,14 +228,12 @@ window_seconds = 60
     get(bob.clone(), "badges").await.assert_status(200);
     let a = get(bob.clone(), "badges").await;
     assert_limited(&a, "tenant:standard");
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("rule=\"client\""), "{metrics}");
-    assert!(metrics.contains("rule=\"tenant:standard\""), "{metrics}");
+    let metrics = gw.metrics().await;
+    for rule in ["client", "tenant:standard"] {
+        let series =
+            format!("cedargate_ratelimit_rejections_total{{action=\"block\",rule=\"{rule}\"}}");
+        assert_eq!(metric_value(&metrics, &series), 1.0, "{series}:\n{metrics}");
+    }
 }
 
 /// Route rules on their own, and count-only mode.
@@ -277,12 +280,7 @@ action = "count"
     for _ in 0..3 {
         get(&alice, "levels").await.assert_status(200);
     }
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .lines()

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e_tests::gateway::{
-    Gateway, binary, default_config, free_ports, relocatable_config_text, relocatable_text_of,
-    run_cli, workspace_root,
+    DYNAMODB_ENV, Gateway, binary, default_config, free_ports, relocatable_config_text,
+    relocatable_text_of, run_cli, workspace_root,
 };
 use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
 use e2e_tests::{Answer, bearer, client, jwt, send};
@@ -860,14 +860,7 @@ async fn a_real_oauth2_client_gets_a_cached_token_the_gateway_accepts() {
     )
     .await
     .assert_status(200);
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("cedargate_token_requests_total{result=\"l1_hit\",status=\"2xx\"} 1"),
         "{metrics}"
@@ -875,8 +868,6 @@ async fn a_real_oauth2_client_gets_a_cached_token_the_gateway_accepts() {
 }
 
 // ---- DynamoDB store --------------------------------------------------------------------
-
-const DYNAMODB_ENV: &str = "CEDARGATE_TEST_DYNAMODB_ENDPOINT";
 
 #[tokio::test]
 async fn the_dynamodb_store_serves_a_restarted_gateway() {

@@ -394,12 +394,7 @@ async fn count_mode_and_route_exclusions() {
     )
     .await;
     assert_ne!(a.code().as_deref(), Some("waf/blocked"), "{a}");
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .lines()

@@ -145,6 +145,8 @@ struct Rule<K> {
 
 impl<K: std::hash::Hash + Eq + Clone> Rule<K> {
     fn new(name: &str, settings: &RuleSettings, max_keys: usize) -> Rule<K> {
+        // The rule's refusal series exists from the start, at 0.
+        metrics::ratelimit_rule(name, settings.action.label());
         Rule {
             name: name.into(),
             action: settings.action,
