@@ -440,12 +440,14 @@ async fn deleting_the_workspace_drops_everything() {
 struct Faults {
     reads_of: std::sync::Mutex<Option<&'static str>>,
     inserts_into: std::sync::Mutex<Option<&'static str>>,
+    writes_outside_transactions_to: std::sync::Mutex<Option<&'static str>>,
     transactions: std::sync::atomic::AtomicBool,
     listed: std::sync::atomic::AtomicUsize,
 }
 
-/// A store that fails reads of one collection, or every transaction, as [`Faults`] says, and
-/// counts the documents its listings return.
+/// A store that fails reads of one collection, inserts into one, puts and merges into one
+/// (outside transactions), or every transaction, as [`Faults`] says, and counts the documents
+/// its listings return.
 struct Flaky {
     inner: Arc<dyn Store>,
     faults: Arc<Faults>,
@@ -474,6 +476,9 @@ impl Store for Flaky {
         id: &str,
         doc: Value,
     ) -> Result<(), StoreError> {
+        if *self.faults.writes_outside_transactions_to.lock().unwrap() == Some(collection) {
+            return Err(unavailable());
+        }
         self.inner.put(ws, collection, id, doc).await
     }
     async fn insert(
@@ -495,6 +500,9 @@ impl Store for Flaky {
         id: &str,
         patch: serde_json::Map<String, Value>,
     ) -> Result<Option<Value>, StoreError> {
+        if *self.faults.writes_outside_transactions_to.lock().unwrap() == Some(collection) {
+            return Err(unavailable());
+        }
         self.inner.merge(ws, collection, id, patch).await
     }
     async fn add_to_field(
@@ -634,6 +642,53 @@ async fn a_badge_missed_after_a_completion_comes_with_the_next_award() {
         badges.iter().any(|b| b["badgeId"] == "badge-starter"),
         "{award:?}"
     );
+}
+
+/// A completion and the participation that shows it are written together: the participation
+/// reads `completed` whatever fails around the completion, and neither is written when the
+/// completion's transaction is turned down.
+#[tokio::test]
+async fn a_completion_and_its_participation_never_disagree() {
+    let (s, faults, _) = flaky_server().await;
+    let mission = format!("{APP}/missions/mission-first-lesson");
+    let shown = |a: &Answer| a.json["participation"]["status"].clone();
+    let a = s
+        .call("POST", &format!("{mission}/participations"), viewer, None)
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+
+    // The store turns the transaction down: no completion, the participation as it was.
+    faults.transactions.store(true, Ordering::Relaxed);
+    let a = s
+        .call("POST", &format!("{mission}/complete"), viewer, None)
+        .await;
+    assert_eq!(a.status, 503, "{a:?}");
+    faults.transactions.store(false, Ordering::Relaxed);
+    let a = s.call("GET", &mission, viewer, None).await;
+    assert_eq!(shown(&a), "in_progress", "{a:?}");
+
+    // Writes to participations outside a transaction fail: the completion shows all the same.
+    *faults.writes_outside_transactions_to.lock().unwrap() = Some(crate::store::PARTICIPATIONS);
+    let done = s
+        .call("POST", &format!("{mission}/complete"), viewer, None)
+        .await;
+    assert_eq!(done.status, 201, "{done:?}");
+    let a = s.call("GET", &mission, viewer, None).await;
+    assert_eq!(shown(&a), "completed", "{a:?}");
+    assert_eq!(
+        a.json["participation"]["completedAt"], done.json["completedAt"],
+        "{a:?}"
+    );
+
+    // A direct completion, never joined, gets a participation at full progress.
+    let welcome = format!("{APP}/missions/mission-welcome");
+    let done = s
+        .call("POST", &format!("{welcome}/complete"), viewer, None)
+        .await;
+    assert_eq!(done.status, 201, "{done:?}");
+    let a = s.call("GET", &welcome, viewer, None).await;
+    assert_eq!(shown(&a), "completed", "{a:?}");
+    assert_eq!(a.json["participation"]["progress"], 1, "{a:?}");
 }
 
 /// A write that fails with a 5xx after an earlier write of the same request committed keeps its

@@ -543,7 +543,8 @@ pub async fn complete(store: &dyn Store, cx: &Ctx, mission_id: &str) -> Result<R
     Reply::created(done)
 }
 
-/// Claim the completion and award the points in one transaction, then the engine's effects.
+/// Claim the completion, show it on the participation and award the points in one
+/// transaction, then the engine's effects.
 async fn complete_for(
     store: &dyn Store,
     cx: &Ctx,
@@ -564,11 +565,21 @@ async fn complete_for(
     if let (Some(by), Some(map)) = (&actor.acted_by, record.as_object_mut()) {
         map.insert("actedBy".into(), Value::from(by.as_str()));
     }
-    let claim = WriteOp::Insert {
-        collection: store::COMPLETIONS.into(),
-        id: key.clone(),
-        doc: record.clone(),
-    };
+    let completed_at = record.get("completedAt").cloned().unwrap_or(Value::Null);
+    let shown =
+        completed_participation(store, &cx.ws, actor, mission, mission_id, completed_at).await?;
+    let ops = vec![
+        WriteOp::Insert {
+            collection: store::COMPLETIONS.into(),
+            id: key.clone(),
+            doc: record.clone(),
+        },
+        WriteOp::Put {
+            collection: store::PARTICIPATIONS.into(),
+            id: key,
+            doc: shown,
+        },
+    ];
     let reason = format!("mission {mission_id}");
     let outcome = award(
         store,
@@ -581,7 +592,7 @@ async fn complete_for(
             mission: Some(mission_id),
             kind: "mission_completed",
         },
-        vec![claim],
+        ops,
         Some(mission_id),
     )
     .await?;
@@ -589,45 +600,38 @@ async fn complete_for(
         Ok(a) => a,
         Err(_) => return Err(already_completed(mission_id)),
     };
-    // The participation shows the outcome; a direct completion never joined. The completion
-    // is committed: a failure here is logged, not answered (the completion is the record).
-    let completed_at = record.get("completedAt").cloned().unwrap_or(Value::Null);
-    if let Err(e) = show_completed(store, &cx.ws, actor, mission, mission_id, completed_at).await {
-        tracing::warn!(workspace = %cx.ws, user = %actor.user, mission = %mission_id, error = %e,
-            "mission completed; its participation was not updated");
-    }
     awarded.extend(&mut record);
     Ok(record)
 }
 
-/// Mark `actor`'s participation in `mission` completed, creating it for a direct completion.
-async fn show_completed(
+/// `actor`'s participation in `mission` as its completion leaves it: the one they have with
+/// `status` completed and `completedAt`, or, for a direct completion that never joined, a new
+/// one at full progress. Written in the completion's transaction, so that the two never
+/// disagree (an activity recorded meanwhile is refused by the completion's existence; its
+/// progress, counted before, is then of no account).
+async fn completed_participation(
     store: &dyn Store,
     ws: &str,
     actor: &Actor,
     mission: &Value,
     mission_id: &str,
     completed_at: Value,
-) -> Result<(), ApiError> {
-    let key = completion_id(&actor.user, mission_id);
-    let mut status = Map::new();
-    status.insert("status".into(), Value::from("completed"));
-    status.insert("completedAt".into(), completed_at);
-    if store
-        .merge(ws, store::PARTICIPATIONS, &key, status.clone())
-        .await?
-        .is_none()
-    {
-        let mut doc = status;
-        doc.insert("missionId".into(), Value::from(mission_id));
-        doc.insert("userId".into(), Value::from(actor.user.as_str()));
-        doc.insert("progress".into(), Value::from(target_count(mission)));
-        doc.insert("targetCount".into(), Value::from(target_count(mission)));
-        store
-            .put(ws, store::PARTICIPATIONS, &key, Value::Object(doc))
-            .await?;
-    }
-    Ok(())
+) -> Result<Value, ApiError> {
+    let target = target_count(mission);
+    let mut doc = match participation(store, ws, &actor.user, mission_id).await? {
+        Some(Value::Object(current)) => current,
+        _ => {
+            let mut new = Map::new();
+            new.insert("missionId".into(), Value::from(mission_id));
+            new.insert("userId".into(), Value::from(actor.user.as_str()));
+            new.insert("progress".into(), Value::from(target));
+            new.insert("targetCount".into(), Value::from(target));
+            new
+        }
+    };
+    doc.insert("status".into(), Value::from("completed"));
+    doc.insert("completedAt".into(), completed_at);
+    Ok(Value::Object(doc))
 }
 
 /// A badge's rule must name what its trigger needs: `missionId` for `mission_completed`,
