@@ -268,25 +268,26 @@ fn request_target(bytes: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end.min(TARGET_KEPT)])
 }
 
-/// The status of pingora's canned answer when `buf` starts one: a status line, then
-/// `Server: Pingora` among its headers (no answer of the gateway or of the backend carries that
-/// header).
+/// The status of pingora's canned answer when `buf` starts one: an error status line (4xx or
+/// 5xx: pingora has no other canned answer), then `Server: Pingora` among its headers (no answer
+/// of the gateway or of the backend carries that header). Every answer's head passes here, so
+/// the common one, a success, is let go after its status line.
 fn pingora_canned_status(buf: &[u8]) -> Option<u16> {
     let rest = buf
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
     let digits = rest.get(..3)?;
-    if rest.get(3) != Some(&b' ') || !digits.iter().all(u8::is_ascii_digit) {
+    if rest.get(3) != Some(&b' ')
+        || !digits.iter().all(u8::is_ascii_digit)
+        || !matches!(digits[0], b'4' | b'5')
+    {
         return None;
     }
     let head = &buf[..buf.len().min(512)];
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(head.len());
-    let from_pingora = head[..end]
-        .windows(17)
-        .any(|w| w.eq_ignore_ascii_case(b"\r\nserver: pingora"));
+    let head = &head[..memchr::memmem::find(head, b"\r\n\r\n").unwrap_or(head.len())];
+    // The value's case as pingora writes it; the name's in any case.
+    let from_pingora = memchr::memmem::find_iter(head, b": Pingora")
+        .any(|at| at >= 8 && head[at - 8..at].eq_ignore_ascii_case(b"\r\nserver"));
     from_pingora.then(|| digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
@@ -516,6 +517,14 @@ mod tests {
                 b"HTTP/1.1 405 Method Not Allowed\r\nServer: Pingora\r\nContent-Length: 0\r\n\r\n"
             ),
             Some(405)
+        );
+        assert_eq!(
+            pingora_canned_status(b"HTTP/1.1 502 Bad Gateway\r\nserver: Pingora\r\n\r\n"),
+            Some(502)
+        );
+        assert_eq!(
+            pingora_canned_status(b"HTTP/1.1 200 OK\r\nServer: Pingora\r\n\r\n"),
+            None
         );
         // The gateway's own answers, the backend's answers and bodies pass as they are.
         assert_eq!(
