@@ -52,8 +52,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let data_dir = args.data_dir.as_path();
     let (cfg, _) = crate::config::embedded::resolve(args.config.as_deref(), data_dir)?;
     serve::prepare_data_dir(data_dir)?;
-    let issuer = serve::open_issuer(&cfg, data_dir)?
-        .ok_or_else(|| anyhow::anyhow!("the embedded issuer is disabled in the config"))?;
+    let issuer = serve::required_issuer(&cfg, args.config.as_deref(), data_dir)?;
     match command {
         KeysCommand::List(_) => {
             for (i, kid) in issuer.kids().iter().enumerate() {

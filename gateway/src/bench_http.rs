@@ -111,8 +111,7 @@ fn callers() -> Vec<(Value, &'static [&'static str])> {
 pub fn mix(args: MixArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     serve::prepare_data_dir(&args.data_dir)?;
-    let issuer = serve::open_issuer(&config, &args.data_dir)?
-        .ok_or_else(|| anyhow::anyhow!("the embedded issuer is disabled"))?;
+    let issuer = serve::required_issuer(&config, Some(&args.config), &args.data_dir)?;
     let signer = AssertionSigner::new(&load_or_create_secret(&args.assertion_data_dir)?, args.ttl);
     for (claims, paths) in callers() {
         let claims = claims.as_object().cloned().unwrap_or_default();

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -225,16 +225,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--claims must be a JSON object");
             };
             serve::prepare_data_dir(&common.data_dir)?;
-            let issuer = serve::open_issuer(&config, &common.data_dir)?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the embedded issuer is disabled in {}",
-                    common
-                        .config
-                        .as_deref()
-                        .unwrap_or(Path::new(DEFAULT_CONFIG))
-                        .display()
-                )
-            })?;
+            let issuer =
+                serve::required_issuer(&config, common.config.as_deref(), &common.data_dir)?;
             println!(
                 "{}",
                 issuer

@@ -60,6 +60,23 @@ pub fn open_issuer(config: &Config, data_dir: &Path) -> anyhow::Result<Option<Ar
     }
 }
 
+/// The embedded issuer for a command that mints or lists its keys; an error naming `config_file`
+/// (the default config's path when none was given: the embedded config always enables it) when
+/// that config disables it.
+pub fn required_issuer(
+    config: &Config,
+    config_file: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<Issuer>> {
+    open_issuer(config, data_dir)?.ok_or_else(|| {
+        let file = config_file.unwrap_or(Path::new(crate::DEFAULT_CONFIG));
+        anyhow::anyhow!(
+            "the embedded issuer is disabled in {} ([issuer] enabled = false)",
+            file.display()
+        )
+    })
+}
+
 /// Load a policy directory, or explain every problem.
 pub fn load_policies(dir: &Path) -> anyhow::Result<PolicyBundle> {
     PolicyBundle::load(dir).map_err(|errors| invalid_policies(dir, &errors))

@@ -231,3 +231,35 @@ fn serve_refuses_a_missing_config_it_was_given() {
         printed(&out)
     );
 }
+
+/// `token mint` and `keys list` against a config whose embedded issuer is off both refuse, with
+/// one message naming that config.
+#[test]
+fn commands_of_the_embedded_issuer_name_the_config_that_disables_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = e2e_tests::gateway::set_in_section(
+        &e2e_tests::gateway::relocatable_config_text(),
+        "issuer",
+        "enabled",
+        "false",
+    ) + "\n[[authn.trusted_issuers]]\nissuer = \"https://idp.example\"\njwks_uri = \"https://idp.example/jwks.json\"\n";
+    let config = e2e_tests::gateway::write_config(dir.path(), "no-issuer.toml", &text);
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let expected = format!("the embedded issuer is disabled in {config}");
+    for args in [
+        vec!["token", "mint", "--claims", "{\"sub\":\"u\"}"],
+        vec!["keys", "list"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--config", config, "--data-dir", data]);
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            printed(&out).contains(&expected),
+            "{args:?}: {}",
+            printed(&out)
+        );
+    }
+}
