@@ -622,14 +622,16 @@ impl ProxyHttp for Gateway {
     where
         RequestCtx: Send + Sync,
     {
-        let err = match e.etype() {
+        let envelope = match e.etype() {
+            ErrorType::HTTPStatus(code) => GatewayError::of_http_status(*code),
+            _ => None,
+        };
+        let err = match (e.etype(), envelope) {
             // The body stage rejected the request (the upstream never got the whole body).
             _ if ctx.rejected.is_some() => ctx.rejected.take().unwrap_or(GatewayError::Internal),
             // A request the HTTP layer refused: our envelope where we have a code.
-            ErrorType::HTTPStatus(code) if GatewayError::of_http_status(*code).is_some() => {
-                GatewayError::of_http_status(*code).unwrap_or(GatewayError::Internal)
-            }
-            ErrorType::HTTPStatus(code) if *code < 500 => {
+            (_, Some(err)) => err,
+            (ErrorType::HTTPStatus(code), None) if *code < 500 => {
                 let _ = session.respond_error(*code).await;
                 return FailToProxy {
                     error_code: *code,
