@@ -13,21 +13,18 @@ pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 /// Requests by route template, method, status and decision.
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
+    registered(IntCounterVec::new(
         Opts::new(
             "cedargate_requests_total",
             "API requests by route, method, status and decision",
         ),
         &["route", "method", "status", "decision"],
-    )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(c.clone()));
-    c
+    ))
 });
 
 /// End-to-end request latency by route template.
 pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let h = HistogramVec::new(
+    registered(HistogramVec::new(
         HistogramOpts::new(
             "cedargate_request_duration_seconds",
             "API request latency, end to end",
@@ -36,16 +33,20 @@ pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ]),
         &["route"],
-    )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(h.clone()));
-    h
+    ))
 });
 
+/// `metric` registered with [`REGISTRY`] (the names are fixed: valid, and registered once).
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    let _ = REGISTRY.register(Box::new(metric.clone()));
+    metric
+}
+
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    let _ = REGISTRY.register(Box::new(c.clone()));
-    c
+    registered(IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 /// Policy reloads by result (ok, refused); both series shown from the start (at 0), so a
@@ -64,16 +65,13 @@ pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// The policy sets in force: 1 for each set's current version.
 pub static POLICY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
+    registered(IntGaugeVec::new(
         Opts::new(
             "cedargate_policy_version_info",
             "The policy set in force (set: active or shadow; version: its content hash)",
         ),
         &["set", "version"],
-    )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(g.clone()));
-    g
+    ))
 });
 
 /// Cache lookups by cache and result; every series shown from the start (at 0), so hit ratios
@@ -96,17 +94,14 @@ pub static CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// The caches' hit ratios since start, computed from `CACHE` at each scrape (for dashboards
 /// and alerts that read a ratio without a PromQL division; 0 before a cache's first lookup).
 pub static CACHE_HIT_RATIO: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
-    let g = prometheus::GaugeVec::new(
+    registered(prometheus::GaugeVec::new(
         Opts::new(
             "cedargate_cache_hit_ratio",
             "Share of cache lookups that hit since start, by cache (token, decision, delegation, \
              client_credentials); 0 before the first lookup",
         ),
         &["cache"],
-    )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(g.clone()));
-    g
+    ))
 });
 
 /// The caches whose lookups are counted from the start.
@@ -139,15 +134,13 @@ fn refresh_hit_ratios() {
 /// The running build: always 1, its version as a label (dashboards join on it to tell which
 /// instances run which release).
 pub static BUILD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
+    let g = registered(IntGaugeVec::new(
         Opts::new(
             "cedargate_build_info",
             "The running build (version), always 1",
         ),
         &["version"],
-    )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(g.clone()));
+    ));
     g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     g
 });
@@ -182,7 +175,7 @@ pub static AUDIT_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Latency of each pipeline stage.
 pub static STAGE: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let h = HistogramVec::new(
+    registered(HistogramVec::new(
         HistogramOpts::new(
             "cedargate_stage_duration_seconds",
             "Latency of each pipeline stage (waf, ratelimit, authn, authz, upstream)",
@@ -192,10 +185,7 @@ pub static STAGE: LazyLock<HistogramVec> = LazyLock::new(|| {
             0.01, 0.05, 0.25, 1.0,
         ]),
         &["stage"],
-    )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(h.clone()));
-    h
+    ))
 });
 
 /// Token endpoint answers by cache result and status class.
@@ -209,7 +199,7 @@ pub static TOKEN_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Token requests sent to the issuer or upstream IdP, by status class, and their latency.
 pub static TOKEN_UPSTREAM: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let h = HistogramVec::new(
+    registered(HistogramVec::new(
         HistogramOpts::new(
             "cedargate_token_upstream_duration_seconds",
             "Token requests the cache sent to the issuer or upstream IdP (count and latency), by status class",
@@ -219,9 +209,7 @@ pub static TOKEN_UPSTREAM: LazyLock<HistogramVec> = LazyLock::new(|| {
         ]),
         &["status"],
     )
-    .expect("valid metric");
-    let _ = REGISTRY.register(Box::new(h.clone()));
-    h
+    )
 });
 
 /// Token store failures by store and operation.
@@ -512,26 +500,19 @@ mod process {
     use std::sync::{LazyLock, Mutex};
 
     fn gauge(name: &str, help: &str) -> Gauge {
-        let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
-        let _ = super::REGISTRY.register(Box::new(g.clone()));
-        g
+        super::registered(Gauge::with_opts(Opts::new(name, help)))
     }
 
     fn int_gauge(name: &str, help: &str) -> IntGauge {
-        let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid metric");
-        let _ = super::REGISTRY.register(Box::new(g.clone()));
-        g
+        super::registered(IntGauge::with_opts(Opts::new(name, help)))
     }
 
     /// A counter, as the convention has it: raised at each scrape by the CPU time used since.
     static CPU: LazyLock<Counter> = LazyLock::new(|| {
-        let c = Counter::with_opts(Opts::new(
+        super::registered(Counter::with_opts(Opts::new(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds",
-        ))
-        .expect("valid metric");
-        let _ = super::REGISTRY.register(Box::new(c.clone()));
-        c
+        )))
     });
     static RSS: LazyLock<IntGauge> = LazyLock::new(|| {
         int_gauge(
