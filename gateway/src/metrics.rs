@@ -415,20 +415,39 @@ pub fn observe(route: &str, method: &str, status: u16, decision: &'static str, s
     let route = if route.is_empty() { "unmatched" } else { route };
     let method = method_label(method);
     SERIES.with_borrow_mut(|series| {
-        if !series.contains_key(route) {
-            series.insert(
-                route.to_string(),
-                RouteSeries {
-                    latency: LATENCY.with_label_values(&[route]),
-                    requests: Vec::new(),
-                },
-            );
-        }
-        let Some(of_route) = series.get_mut(route) else {
+        // One lookup for a known route; a new one is resolved and kept.
+        if let Some(of_route) = series.get_mut(route) {
+            of_route.record(route, method, status, decision, seconds);
             return;
+        }
+        let mut of_route = RouteSeries {
+            latency: LATENCY.with_label_values(&[route]),
+            requests: Vec::new(),
         };
-        of_route.latency.observe(seconds);
-        let known = of_route
+        of_route.record(route, method, status, decision, seconds);
+        series.insert(route.to_string(), of_route);
+    });
+}
+
+/// One route's series, as a thread last resolved them.
+struct RouteSeries {
+    latency: Histogram,
+    /// `cedargate_requests_total` by method, status and decision.
+    requests: Vec<(&'static str, u16, &'static str, IntCounter)>,
+}
+
+impl RouteSeries {
+    /// Count one request of `route` and observe its latency.
+    fn record(
+        &mut self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        decision: &'static str,
+        seconds: f64,
+    ) {
+        self.latency.observe(seconds);
+        let known = self
             .requests
             .iter()
             .find(|(m, s, d, _)| *m == method && *s == status && *d == decision);
@@ -440,17 +459,10 @@ pub fn observe(route: &str, method: &str, status: u16, decision: &'static str, s
                 let counter =
                     REQUESTS.with_label_values(&[route, method, digits.format(status), decision]);
                 counter.inc();
-                of_route.requests.push((method, status, decision, counter));
+                self.requests.push((method, status, decision, counter));
             }
         }
-    });
-}
-
-/// One route's series, as a thread last resolved them.
-struct RouteSeries {
-    latency: Histogram,
-    /// `cedargate_requests_total` by method, status and decision.
-    requests: Vec<(&'static str, u16, &'static str, IntCounter)>,
+    }
 }
 
 thread_local! {
