@@ -163,6 +163,7 @@ impl Admin {
             "/admin/policies/reload" if session.req_header().method == http::Method::POST => {
                 self.reload().await
             }
+            "/admin/log-level" => log_level(session.req_header()),
             "/metrics" => {
                 let text = crate::metrics::render();
                 Response::builder()
@@ -190,6 +191,60 @@ impl Admin {
                 "no such admin endpoint",
                 serde_json::Value::Null,
             ),
+        }
+    }
+}
+
+/// `GET /admin/log-level`: the log filter in force; `POST /admin/log-level?level=FILTER` puts
+/// another in force (tracing's env-filter syntax), until the next change or restart.
+fn log_level(req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
+    let invalid = |message: &str| {
+        failure(
+            422,
+            "validation/invalid_input",
+            message,
+            serde_json::json!({"details": [{"field": "level", "message": message}]}),
+        )
+    };
+    match req.method {
+        http::Method::GET => match crate::log_level::current() {
+            Some(level) => json(200, serde_json::json!({"level": level})),
+            None => failure(
+                404,
+                "resource/not_found",
+                "no reloadable log",
+                serde_json::Value::Null,
+            ),
+        },
+        http::Method::POST => {
+            let level = req.uri.query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "level")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let Some(level) = level else {
+                return invalid("the query parameter `level` is required (e.g. ?level=debug)");
+            };
+            match crate::log_level::set(&level) {
+                Ok(()) => json(
+                    200,
+                    serde_json::json!({"status": "changed", "level": level.trim()}),
+                ),
+                Err(e) => invalid(&e),
+            }
+        }
+        _ => {
+            let mut answer = failure(
+                405,
+                "validation/method_not_allowed",
+                "this admin endpoint takes GET or POST",
+                serde_json::Value::Null,
+            );
+            answer.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, POST"),
+            );
+            answer
         }
     }
 }

@@ -151,18 +151,31 @@ enum TokenCommand {
 }
 
 /// JSON log lines to standard error, written in bursts off the request path (`lines`); the
-/// server flushes them before it exits.
+/// server flushes them before it exits. `CEDARGATE_LOG`, when set, wins over `level`; either
+/// can be changed at run time (`log_level`).
 fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CEDARGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (filter, given) = match std::env::var("CEDARGATE_LOG") {
+        Ok(env) => match tracing_subscriber::EnvFilter::try_new(&env) {
+            Ok(filter) => (filter, env),
+            Err(_) => (tracing_subscriber::EnvFilter::new(level), level.to_string()),
+        },
+        Err(_) => (tracing_subscriber::EnvFilter::new(level), level.to_string()),
+    };
     let writer = crate::lines::LogWriter::stderr()
         .map_err(|e| anyhow::anyhow!("cannot start the log writer: {e}"))?;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .with_current_span(false)
         .with_writer(writer)
-        .try_init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    if builder.try_init().is_ok() {
+        crate::log_level::install(
+            &given,
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())),
+        );
+    }
     Ok(())
 }
 

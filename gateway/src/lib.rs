@@ -23,6 +23,7 @@ mod error;
 mod forward;
 mod front;
 mod lines;
+mod log_level;
 mod metrics;
 mod openapi;
 mod policy_cli;

@@ -166,7 +166,8 @@ async fn access_lines_carry_the_request_and_mask_secrets() {
     );
 }
 
-/// The log level governs the access line too: at `warn` a served request writes none.
+/// The log level governs the access line too: at `warn` a served request writes none; set to
+/// `info` at run time (`POST /admin/log-level`), the next request writes one.
 #[tokio::test]
 async fn access_lines_follow_the_log_level() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -192,6 +193,34 @@ async fn access_lines_follow_the_log_level() {
         !logs.contains("\"target\":\"access\""),
         "an access line at level warn:\n{logs}"
     );
+
+    // Changed at run time on the admin listener: the next request has its access line.
+    let c = client();
+    let level = gw.admin_url("/admin/log-level");
+    let a = send(&c, "GET", &level, &[], None).await;
+    assert_eq!(a.json().unwrap()["level"], "warn", "{a}");
+    let a = send(&c, "POST", &format!("{level}?level=info"), &[], None).await;
+    a.assert_status(200);
+    assert_eq!(a.json().unwrap()["level"], "info", "{a}");
+    list_missions(&gw, &token, "access-line-at-info").await;
+    let line = access_line(&gw, "access-line-at-info");
+    assert!(line.contains("\"status\":200"), "{line}");
+    assert!(
+        gw.logs().contains("log level changing"),
+        "the change is logged:\n{}",
+        gw.logs()
+    );
+    // A filter that does not parse is refused, and the one in force stays.
+    let a = send(&c, "POST", &format!("{level}?level=loud%3D%5B"), &[], None).await;
+    a.assert_status(422);
+    assert_eq!(a.code().as_deref(), Some("validation/invalid_input"), "{a}");
+    let a = send(&c, "GET", &level, &[], None).await;
+    assert_eq!(a.json().unwrap()["level"], "info", "{a}");
+    let a = send(&c, "POST", &level, &[], None).await;
+    a.assert_status(422);
+    let a = send(&c, "DELETE", &level, &[], None).await;
+    a.assert_status(405);
+    assert_eq!(a.header("allow"), Some("GET, POST"), "{a}");
 }
 
 /// A backend that takes connections and closes them unanswered: requests get the 502 envelope
