@@ -15,7 +15,8 @@ pub struct Cors {
 }
 
 /// Headers a browser script may read.
-const EXPOSED: &str = "x-request-id, server-timing, retry-after";
+const EXPOSED: &str = "x-request-id, server-timing, retry-after, ratelimit, ratelimit-policy, \
+                       idempotent-replayed, www-authenticate";
 
 impl Cors {
     /// The request's `Origin`, if CORS is on and it is listed (or `*` is).

@@ -74,11 +74,19 @@ async fn preflights_and_responses_follow_the_configured_origins() {
     let ok = send(&c, "GET", &url, &[bearer(&member), h("origin", APP)], None).await;
     ok.assert_status(200);
     assert_eq!(ok.header("access-control-allow-origin"), Some(APP));
-    assert!(
-        ok.header("access-control-expose-headers")
-            .unwrap()
-            .contains("x-request-id")
-    );
+    // What a browser client reads of an answer: its id, its timings and the rate limit's state.
+    let exposed = ok.header("access-control-expose-headers").unwrap();
+    for name in [
+        "x-request-id",
+        "server-timing",
+        "ratelimit",
+        "ratelimit-policy",
+    ] {
+        assert!(
+            exposed.split(',').any(|n| n.trim() == name),
+            "{name} not exposed: {exposed}"
+        );
+    }
     let denied = send(&c, "GET", &url, &[h("origin", APP)], None).await;
     denied.assert_error(401, "auth/invalid_token");
     assert_eq!(
