@@ -77,7 +77,7 @@ struct DecisionLine<'a> {
     timestamp: String,
     method: &'a str,
     path: &'a str,
-    query: &'a str,
+    query: RedactedQuery<'a>,
     principal: EntityRef<'a>,
     action: Option<EntityRef<'a>>,
     resource: Option<&'a str>,
@@ -121,6 +121,61 @@ impl Serialize for EntityRef<'_> {
     }
 }
 
+/// A request's query as the audit line keeps it: the value of a parameter named like a
+/// credential (`password`, `client_secret`, `access_token`, `api_key`, `signature`, `code`, ...)
+/// replaced by `***`, the rest as received. Cedar sees only the parameters a route declares,
+/// none of which is named so, so a replay of the line decides as the gateway did.
+struct RedactedQuery<'a>(&'a str);
+
+impl Serialize for RedactedQuery<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let pairs = || self.0.split('&');
+        if !pairs().any(|pair| credential_name(pair.split('=').next().unwrap_or(""))) {
+            return serializer.serialize_str(self.0);
+        }
+        let redacted: Vec<std::borrow::Cow<'_, str>> = pairs()
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if credential_name(name) => format!("{name}=***").into(),
+                _ => pair.into(),
+            })
+            .collect();
+        serializer.serialize_str(&redacted.join("&"))
+    }
+}
+
+/// Whether a query parameter's name (as received, percent-encoded or not) names a credential.
+fn credential_name(raw: &str) -> bool {
+    const EXACT: [&str; 10] = [
+        "token", "key", "auth", "sig", "code", "pwd", "pass", "otp", "session", "sid",
+    ];
+    const PARTS: [&str; 13] = [
+        "password",
+        "passwd",
+        "secret",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "api_key",
+        "apikey",
+        "api-key",
+        "signature",
+        "credential",
+        "authorization",
+        "private",
+    ];
+    let named = |name: &str| EXACT.contains(&name) || PARTS.iter().any(|p| name.contains(p));
+    if raw.bytes().any(|b| b == b'%' || b == b'+') {
+        let decoded = percent_encoding::percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        named(&decoded)
+    } else if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        named(&raw.to_ascii_lowercase())
+    } else {
+        !raw.is_empty() && named(raw)
+    }
+}
+
 fn verdict(allowed: bool) -> &'static str {
     if allowed { "allow" } else { "deny" }
 }
@@ -136,7 +191,7 @@ fn decision_record(ctx: &RequestCtx) -> Option<DecisionLine<'_>> {
         timestamp: now_rfc3339(),
         method: &ctx.method,
         path: &ctx.path,
-        query: &ctx.query,
+        query: RedactedQuery(&ctx.query),
         principal: EntityRef {
             kind: "Identity",
             id: &identity.principal_id,
@@ -301,7 +356,39 @@ pub fn mask_email(id: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_email;
+    use super::{RedactedQuery, mask_email};
+
+    fn redacted(query: &str) -> String {
+        serde_json::to_value(RedactedQuery(query))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn credentials_in_queries_are_redacted_and_the_rest_kept() {
+        for (query, expected) in [
+            ("", ""),
+            ("limit=10&nextToken=abc", "limit=10&nextToken=abc"),
+            (
+                "status=active&password=hunter2",
+                "status=active&password=***",
+            ),
+            (
+                "client_secret=s3cr3t&api_key=k&X-Amz-Signature=f00&code=c",
+                "client_secret=***&api_key=***&X-Amz-Signature=***&code=***",
+            ),
+            ("pass%77ord=x&tier=free", "pass%77ord=***&tier=free"),
+            ("token", "token"),
+            (
+                "keyword=rust&monkey=1&period=weekly",
+                "keyword=rust&monkey=1&period=weekly",
+            ),
+        ] {
+            assert_eq!(redacted(query), expected, "{query}");
+        }
+    }
 
     #[test]
     fn client_ips_are_their_text() {

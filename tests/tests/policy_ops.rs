@@ -320,9 +320,15 @@ async fn decision_cache_keys_on_the_whole_request_and_audit_lines_carry_no_token
             403
         );
     }
-    // Undeclared query parameters do not split the cache but do not change decisions either.
+    // Undeclared query parameters do not split the cache but do not change decisions either
+    // (one named like a credential is kept out of the audit line below).
     assert_eq!(
-        status(&gw, &member, &format!("{catalog}?tier=free&x=1")).await,
+        status(
+            &gw,
+            &member,
+            &format!("{catalog}?tier=free&x=1&password=hunter2")
+        )
+        .await,
         200
     );
     assert!(
@@ -351,6 +357,13 @@ async fn decision_cache_keys_on_the_whole_request_and_audit_lines_carry_no_token
     );
     let sig = member.rsplit('.').next().unwrap();
     assert!(!raw.contains(sig));
+    assert!(!raw.contains("hunter2"), "a password reached the audit log");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["query"] == "tier=free&x=1&password=***"),
+        "the redacted query is kept: {lines:?}"
+    );
     for l in &lines {
         for field in [
             "requestId",
