@@ -43,6 +43,9 @@ pub struct Enveloped<A> {
     /// Whether the listener's requests count in the API metrics (the api listener).
     counted: bool,
     rules: HeadRules,
+    /// The listener's connection series (open now, accepted since start).
+    open: prometheus::IntGauge,
+    accepted: prometheus::IntCounter,
 }
 
 /// What a request head must keep to.
@@ -57,13 +60,16 @@ pub struct HeadRules {
 }
 
 impl<A> Enveloped<A> {
-    /// Wrap `app`; `counted`: its refusals count in `cedargate_requests_total`.
-    pub fn new(app: A, counted: bool, rules: HeadRules) -> Enveloped<A> {
+    /// Wrap `app`, the app of the listener `name` (`api`, `auth`, `admin`: its connection
+    /// series); `counted`: its refusals count in `cedargate_requests_total`.
+    pub fn new(app: A, name: &str, counted: bool, rules: HeadRules) -> Enveloped<A> {
         crate::drain::listener_opened();
         Enveloped {
             app: Arc::new(app),
             counted,
             rules,
+            open: crate::metrics::OPEN_CONNECTIONS.with_label_values(&[name]),
+            accepted: crate::metrics::ACCEPTED_CONNECTIONS.with_label_values(&[name]),
         }
     }
 }
@@ -75,7 +81,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Enveloped<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        self.accepted.inc();
         let restyled: Stream = Box::new(Restyled {
+            _open: OpenConnection::new(&self.open),
             inner: stream,
             pending: Vec::new(),
             counted: self.counted,
@@ -109,6 +117,24 @@ pub struct Restyled {
     target: [u8; TARGET_KEPT],
     target_len: usize,
     head: HeadWatch,
+    _open: OpenConnection,
+}
+
+/// A connection counted in its listener's `cedargate_open_connections` until it is dropped.
+#[derive(Debug)]
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: &prometheus::IntGauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Where the connection stands in receiving a request head, and the deadline of a head that is

@@ -155,6 +155,26 @@ pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Client connections open now, by listener (api, auth, admin).
+pub static OPEN_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    registered(IntGaugeVec::new(
+        Opts::new(
+            "cedargate_open_connections",
+            "Client connections open now, by listener (api, auth, admin)",
+        ),
+        &["listener"],
+    ))
+});
+
+/// Client connections accepted since start, by listener.
+pub static ACCEPTED_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cedargate_connections_accepted_total",
+        "Client connections accepted since start (after the TLS handshake, where TLS is on), by listener",
+        &["listener"],
+    )
+});
+
 /// Requests where the shadow policy set decided differently, by route template.
 pub static SHADOW: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(

@@ -175,10 +175,9 @@ impl BackgroundService for JwksRefresher {
     }
 }
 
-/// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service; a TLS endpoint's certificate
-/// joins `certs`, the ones a `Reloader` and `POST /admin/tls/reload` renew.
 /// A pingora proxy service whose answer to unparsable requests is the gateway's envelope
-/// ([`crate::front`]); `counted`: those count in the API metrics.
+/// ([`crate::front`]), its connections counted under the listener `name`; `counted`: those
+/// refusals count in the API metrics.
 fn enveloped_proxy<SV>(
     conf: &Arc<pingora::server::configuration::ServerConf>,
     inner: SV,
@@ -194,10 +193,12 @@ where
     proxy.handle_init_modules();
     Service::new(
         name.to_string(),
-        crate::front::Enveloped::new(proxy, counted, rules),
+        crate::front::Enveloped::new(proxy, name, counted, rules),
     )
 }
 
+/// Add a plain or TLS (1.2/1.3, rustls) endpoint to a service; a TLS endpoint's certificate
+/// joins `certs`, the ones a `Reloader` and `POST /admin/tls/reload` renew.
 fn listen<A>(
     service: &mut Service<A>,
     addr: std::net::SocketAddr,
@@ -426,6 +427,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
                 waf: waf.clone(),
                 certs: tls_certs.clone(),
             },
+            "admin",
             false,
             head_rules,
         ),

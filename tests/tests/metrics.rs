@@ -332,3 +332,37 @@ async fn the_auth_listener_writes_access_lines() {
     jwks.assert_status(200);
     assert_eq!(field("auth-line-4", "route"), "get /.well-known/jwks.json");
 }
+
+/// Client connections are counted by listener: open now (up while a keep-alive connection
+/// stays, down once it closes) and accepted since start.
+#[tokio::test]
+async fn connections_are_counted_by_listener() {
+    let gw = Gateway::start();
+    let open = "cedargate_open_connections{listener=\"api\"}";
+    let accepted = "cedargate_connections_accepted_total{listener=\"api\"}";
+    let before = gw.metrics().await;
+    for listener in ["api", "auth", "admin"] {
+        let series = format!("cedargate_open_connections{{listener=\"{listener}\"}}");
+        assert!(before.contains(&series), "{series} missing:\n{before}");
+    }
+    assert_eq!(value(&before, open), 0.0, "{before}");
+    let head = b"GET /healthz-nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (stream, answer) = e2e_tests::http::send_raw(gw.api, head, "kept open").await;
+    assert_eq!(answer.status, 401, "{answer}");
+    let during = gw.metrics().await;
+    assert_eq!(value(&during, open), 1.0, "{during}");
+    assert_eq!(value(&during, accepted) - value(&before, accepted), 1.0);
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let after = gw.metrics().await;
+        if value(&after, open) == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection is still counted:\n{after}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
