@@ -364,10 +364,9 @@ impl AuthDomain {
         if secret_checked {
             // The embedded issuer checked a secret: argon2 allocated (and freed) 19 MiB, which
             // the allocator would keep until the next purge (up to ~3 s; RSS 49 → 66 MB).
-            // Requests refused before the check (malformed, busy) cost no collection.
-            // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes no
-            // pointer. Forced, so the freed segment goes back to the OS now.
-            unsafe { libmimalloc_sys::mi_collect(true) };
+            // Requests refused before the check (malformed, busy) cost no collection. Forced,
+            // so the freed segment goes back to the OS now.
+            crate::serve::release_free_memory(true);
         }
         if let Some(limiter) = limiter
             && failed_authentication

@@ -131,6 +131,13 @@ fn take_over_backend(
     Ok(())
 }
 
+/// Hand mimalloc's free pages back to the OS: `force`, all of them now; otherwise those free
+/// for longer than its purge delay.
+pub(crate) fn release_free_memory(force: bool) {
+    // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes no pointer.
+    unsafe { libmimalloc_sys::mi_collect(force) };
+}
+
 /// Hands memory freed while the process is otherwise idle back to the OS. mimalloc returns
 /// freed memory after a delay (1 s), but only when an allocation or a collection in some
 /// thread gets to it: without this, an idle gateway kept e.g. the 19 MiB of an argon2id
@@ -148,9 +155,8 @@ impl BackgroundService for AllocatorPurge {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(ALLOCATOR_PURGE_INTERVAL) => {}
             }
-            // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes
-            // no pointer. Not forced: it purges what has been free for the delay.
-            unsafe { libmimalloc_sys::mi_collect(false) };
+            // Not forced: it purges what has been free for the delay.
+            release_free_memory(false);
         }
     }
 }
@@ -485,8 +491,7 @@ pub fn run(mut config: Config, data_dir: PathBuf, overrides: Overrides) -> anyho
     );
     // Startup (policies, WAF rules, the backend's load) left freed memory in this thread's
     // allocator heap; hand it back before serving, so the idle process stays small.
-    // SAFETY: mi_collect only walks and purges mimalloc's own free pages; it takes no pointer.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    release_free_memory(true);
     crate::drain::exit_when_drained(
         server.watch_execution_phase(),
         embedded_backend,
