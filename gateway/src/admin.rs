@@ -174,16 +174,7 @@ impl Admin {
                     .unwrap_or_default()
             }
             "/admin/waf/reload" | "/admin/tls/reload" | "/admin/policies/reload" => {
-                let mut answer = failure(
-                    405,
-                    "validation/method_not_allowed",
-                    "this admin endpoint takes POST",
-                    serde_json::Value::Null,
-                );
-                answer
-                    .headers_mut()
-                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-                answer
+                method_not_allowed("POST")
             }
             _ => failure(
                 404,
@@ -233,20 +224,22 @@ fn log_level(req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
                 Err(e) => invalid(&e),
             }
         }
-        _ => {
-            let mut answer = failure(
-                405,
-                "validation/method_not_allowed",
-                "this admin endpoint takes GET or POST",
-                serde_json::Value::Null,
-            );
-            answer.headers_mut().insert(
-                http::header::ALLOW,
-                http::HeaderValue::from_static("GET, POST"),
-            );
-            answer
-        }
+        _ => method_not_allowed("GET, POST"),
     }
+}
+
+/// 405 for an admin endpoint that takes only the `allow`ed methods (named in `Allow`).
+fn method_not_allowed(allow: &'static str) -> Response<Vec<u8>> {
+    let mut answer = failure(
+        405,
+        "validation/method_not_allowed",
+        &format!("this admin endpoint takes {}", allow.replace(", ", " or ")),
+        serde_json::Value::Null,
+    );
+    answer
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    answer
 }
 
 /// One admin request per call, as pingora's `ServeHttp` apps are served, but a head pingora
