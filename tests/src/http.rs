@@ -265,6 +265,25 @@ pub async fn client_credentials(
     .await
 }
 
+/// `POST /oauth2/token` for the demo client authenticating with `secret` (the right one or
+/// not), scope `app/read`, with `request_id` as its `X-Request-Id` if given.
+pub async fn demo_client_token(gw: &Gateway, secret: &str, request_id: Option<&str>) -> Answer {
+    let url = gw.auth_url("/oauth2/token");
+    let mut req = client()
+        .post(&url)
+        .basic_auth(DEMO_CLIENT_ID, Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&scope=app%2Fread");
+    if let Some(id) = request_id {
+        req = req.header("x-request-id", id);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    answer_of(format!("POST {url} (demo client)"), resp).await
+}
+
 /// `POST url` with an `application/x-www-form-urlencoded` body and an optional Authorization.
 pub async fn post_form(
     client: &reqwest::Client,

@@ -3,7 +3,7 @@
 //! purge; the idle RSS goal is ≤ 64 MB).
 
 use e2e_tests::gateway::Gateway;
-use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, client};
+use e2e_tests::http::{DEMO_CLIENT_SECRET, client, demo_client_token};
 
 /// The process's resident set, in KiB.
 fn rss_kib(gw: &Gateway) -> u64 {
@@ -18,14 +18,6 @@ fn rss_kib(gw: &Gateway) -> u64 {
 #[tokio::test]
 async fn a_secret_check_leaves_no_resident_memory_behind() {
     let gw = Gateway::start();
-    let token = |secret: &'static str| {
-        client()
-            .post(gw.auth_url("/oauth2/token"))
-            .basic_auth(DEMO_CLIENT_ID, Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials&scope=app%2Fread")
-            .send()
-    };
     // A first request (no secret check) settles the listener's threads and buffers.
     let jwks = client()
         .get(gw.auth_url("/.well-known/jwks.json"))
@@ -34,7 +26,9 @@ async fn a_secret_check_leaves_no_resident_memory_behind() {
         .unwrap();
     assert_eq!(jwks.status(), 200);
     let before = rss_kib(&gw);
-    assert_eq!(token(DEMO_CLIENT_SECRET).await.unwrap().status(), 200);
+    demo_client_token(&gw, DEMO_CLIENT_SECRET, None)
+        .await
+        .assert_status(200);
     let grown = rss_kib(&gw).saturating_sub(before);
     assert!(
         grown < 10 * 1024,
@@ -42,8 +36,9 @@ async fn a_secret_check_leaves_no_resident_memory_behind() {
     );
     // A wrong secret misses the token cache: a full argon2id check each time.
     for _ in 0..3 {
-        let refused = token("not-the-secret").await.unwrap();
-        assert_eq!(refused.status(), 401);
+        demo_client_token(&gw, "not-the-secret", None)
+            .await
+            .assert_status(401);
         let grown = rss_kib(&gw).saturating_sub(before);
         assert!(
             grown < 10 * 1024,

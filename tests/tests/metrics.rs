@@ -279,23 +279,14 @@ async fn upstream_errors_are_counted() {
 async fn the_auth_listener_writes_access_lines() {
     use e2e_tests::http::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
     let gw = Gateway::start();
-    let token = |rid: &'static str, secret: &'static str| {
-        client()
-            .post(gw.auth_url("/oauth2/token"))
-            .header("x-request-id", rid)
-            .basic_auth(DEMO_CLIENT_ID, Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials&scope=app%2Fread")
-            .send()
-    };
     let wrong_secret = "not-the-secret-8f3a1c";
     for (rid, secret, status) in [
         ("auth-line-1", DEMO_CLIENT_SECRET, 200),
         ("auth-line-2", DEMO_CLIENT_SECRET, 200),
         ("auth-line-3", wrong_secret, 401),
     ] {
-        let answer = token(rid, secret).await.expect("token request");
-        assert_eq!(answer.status().as_u16(), status, "{rid}");
+        let answer = e2e_tests::http::demo_client_token(&gw, secret, Some(rid)).await;
+        assert_eq!(answer.status, status, "{rid}: {answer}");
     }
     let field = |rid: &str, key: &str| -> serde_json::Value {
         let line = access_line(&gw, rid);
