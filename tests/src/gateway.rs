@@ -575,6 +575,15 @@ impl Drop for Gateway {
 /// start-up check (neither has bound yet); the later one's listener then retries its bind
 /// (pingora does so for 30 s) while its other listeners, and `/readyz`, are up, and the test's
 /// requests reach the other gateway.
+/// Send `signal` (`TERM`, `HUP`, `QUIT`, ...) to process `pid` with `kill`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+    assert!(sent.success(), "kill -{signal} {pid}: {sent}");
+}
+
 /// The sum of the values of every series in a `/metrics` text whose line starts with `series`
 /// (a name, or a name and the start of its labels); 0 when there is none.
 pub fn metric_value(text: &str, series: &str) -> f64 {

@@ -191,17 +191,8 @@ async fn sighup_and_file_changes_reload() {
     let mut gw2 = Gateway::start_with(&setup2.config(), &[]);
     let member2 = gw2.mint(&human("Member", "app"), None);
     write(&setup2.policies().join("zz.cedar"), FORBID_BADGES);
-    let pid = std::fs::read_to_string(gw2.data_dir().join("cedargate.pid")).ok();
-    let target = pid.map(|p| p.trim().to_string()).unwrap_or_default();
-    assert!(
-        !target.is_empty(),
-        "serve writes its pid to <data-dir>/cedargate.pid"
-    );
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &target])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    // `pid` reads <data-dir>/cedargate.pid, which serve writes (and panics without it).
+    e2e_tests::gateway::send_signal(gw2.pid(), "HUP");
     let started = Instant::now();
     while status(&gw2, &member2, BADGES).await != 403 {
         assert!(

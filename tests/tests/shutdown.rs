@@ -93,11 +93,7 @@ fn an_idle_gateway_exits_at_once_on_sigterm() {
 }
 
 fn terminate(gw: &Gateway) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &gw.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    e2e_tests::gateway::send_signal(gw.pid(), "TERM");
 }
 
 /// Wait for the gateway to exit, well before the end of its grace period (5 s); its logs.
